@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Both create .venv when missing and install trigpt with every extra, pinned by constraints.txt.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-trigpt
+
+.PHONY: demo test test-slow test-all bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p runs
+	$(BIN)/trigpt init --preset tiny --seed 0 -o runs/init.safetensors
+	$(BIN)/trigpt generate runs/init.safetensors --backend torch --prompt-ids 1,2,3 --max-new-tokens 20 --seed 42
+
+# The fast suite; slow tests run in test-slow, and CI runs both.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# pytest exits 5 when no test carries the marker, which is not a failure.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow || test $$? -eq 5
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis
