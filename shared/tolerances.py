@@ -1,0 +1,84 @@
+"""The one tolerance table of trigpt's parity checks, used by the tests and by `trigpt compare`.
+
+Each tolerance is relative to the largest magnitude of the expected tensor, so an element
+near zero is judged on the tensor's scale, not on its own:
+    max |actual - expected| <= rtol * max(|expected|) + atol
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Name -> (rtol, atol, reason). Tests pick a row by name; none loosens a row in place.
+TOLERANCES: dict[str, tuple[float, float, str]] = {
+    "float64": (
+        1e-10, 0.0,
+        "float64 carries about 16 digits; different summation orders across frameworks "
+        "cost a few hundred ulps through a dozen layers, far below 1e-10",
+    ),
+    "float32": (
+        2e-5, 1e-7,
+        "float32 carries about 7 digits; matmul blocking and fused kernels differ between "
+        "MKL, XLA and OpenBLAS, so sums of d_model products differ by a few ulps per layer",
+    ),
+    "float32-grad": (
+        1e-4, 1e-7,
+        "float32 gradients pass through the softmax and LayerNorm backward twice as many "
+        "operations as the forward, so rounding differences are about twice as large and "
+        "the smallest gradients are relatively noisier",
+    ),
+    "finite-difference": (
+        1e-6, 0.0,
+        "central differences with h = 1e-6 in float64 have truncation error O(h^2) and "
+        "rounding error O(eps/h), about 1e-10 relative, well below 1e-6",
+    ),
+    "kv-cache-float64": (
+        1e-12, 0.0,
+        "the cached step computes the same sums as a full forward, only in another grouping",
+    ),
+    "adamw-float64": (
+        1e-9, 0.0,
+        "ten AdamW steps divide by sqrt(v) + eps, which amplifies float64 rounding of "
+        "near-zero gradients; 1e-9 relative still catches any wrong hyperparameter",
+    ),
+}
+
+
+def tolerance(name: str) -> tuple[float, float]:
+    """Return (rtol, atol) of a named row of TOLERANCES."""
+    rtol, atol, _ = TOLERANCES[name]
+    return rtol, atol
+
+
+@dataclass(frozen=True)
+class Difference:
+    """How far one tensor is from another, measured on the expected tensor's scale."""
+
+    max_abs: float
+    max_rel: float  # max_abs / max(|expected|)
+    index: tuple[int, ...]  # index of the element with the largest absolute difference
+    actual: float
+    expected: float
+    scale: float  # max(|expected|)
+
+    def within(self, rtol: float, atol: float) -> bool:
+        return self.max_abs <= rtol * self.scale + atol
+
+
+def measure_difference(actual: object, expected: object) -> Difference:
+    """Measure actual against expected; both must have the same shape. NaN counts as infinitely far."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape:
+        raise ValueError(f"shape {actual.shape} differs from expected shape {expected.shape}")
+    if actual.size == 0:
+        return Difference(0.0, 0.0, (), 0.0, 0.0, 0.0)
+    difference = np.abs(actual - expected)
+    difference = np.where(np.isnan(difference), np.inf, difference)
+    scale = float(np.max(np.abs(expected)))
+    worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(difference)), difference.shape))
+    max_abs = float(difference[worst])
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    return Difference(max_abs, max_rel, worst, float(actual[worst]), float(expected[worst]), scale)
