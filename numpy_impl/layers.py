@@ -1,0 +1,343 @@
+"""The layers of the NumPy GPT, each a forward function directly followed by its backward.
+
+    forward(inputs..., parameters...) -> (output, cache)
+    backward(dout, cache) -> (dinput, grads)
+
+A cache holds only what the backward needs. grads maps the parameter's canonical leaf name
+("weight", "bias", "scale", "shift") to its gradient; the model adds the "blocks.{i}.attn.qkv"
+style prefix. A gradient is named d<name> after the array it belongs to, as in llm.c.
+
+Every function computes in the dtype of its inputs. Scalars are Python floats, which NumPy
+casts to the array's dtype, so float32 stays float32; an np.float64 scalar would promote it.
+
+Dimension legend:
+    B  batch size            T  sequence length        C  d_model
+    V  vocabulary size       nh number of heads        hs head size (C // nh)
+    N  number of rows of a linear layer's input (B * T)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from numpy_impl.special import erf
+
+Grads = dict[str, np.ndarray]
+
+
+# Embedding.
+
+
+def embedding_forward(tokens: np.ndarray, tok_weight: np.ndarray, pos_weight: np.ndarray) -> tuple[np.ndarray, Any]:
+    """Sum the token and position embeddings of (B, T) int tokens: (B, T, C)."""
+    B, T = tokens.shape
+    x = tok_weight[tokens]  # (V, C)[(B, T)] -> (B, T, C)
+    x += pos_weight[:T]  # (B, T, C) + (T, C)
+    cache = (tokens, tok_weight.shape, pos_weight.shape)
+    return x, cache
+
+
+def embedding_backward(dx: np.ndarray, cache: Any) -> Grads:
+    """Return the token and position embedding gradients; tokens themselves have none.
+
+    A token id that occurs several times gets the sum of its rows. The rows are sorted by id
+    (stably, so each id's rows keep their sequence order) and summed with np.add.reduceat,
+    which is much faster than np.add.at and sums in the same order.
+    """
+    tokens, tok_shape, pos_shape = cache
+    B, T = tokens.shape
+    C = dx.shape[-1]
+    dx_rows = dx.reshape(B * T, C)  # (B, T, C) -> (B*T, C)
+
+    ids = tokens.reshape(-1)  # (B*T,)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
+    dtok_weight = np.zeros(tok_shape, dtype=dx.dtype)
+    dtok_weight[sorted_ids[starts]] = np.add.reduceat(dx_rows[order], starts, axis=0)
+
+    dpos_weight = np.zeros(pos_shape, dtype=dx.dtype)
+    dpos_weight[:T] = dx.sum(axis=0)  # (B, T, C) -> (T, C)
+    return {"tok_embed.weight": dtok_weight, "pos_embed.weight": dpos_weight}
+
+
+# LayerNorm.
+
+
+def layernorm_forward(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, eps: float) -> tuple[np.ndarray, Any]:
+    """Normalise over the last axis with the biased variance: (..., C) -> (..., C).
+
+    The variance is the mean of the squared centred values, never E[x^2] - E[x]^2, so a
+    float32 row such as 10000 + [0, 1, 2, 3] keeps its precision.
+    """
+    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    xhat = x - mean  # centred; normalised in place below
+    variance = np.square(xhat).mean(axis=-1, keepdims=True)  # (..., 1)
+    rstd = variance
+    rstd += eps
+    np.sqrt(rstd, out=rstd)
+    np.reciprocal(rstd, out=rstd)
+    xhat *= rstd
+    y = xhat * scale
+    y += shift
+    return y, (xhat, rstd, scale)
+
+
+def layernorm_backward(dy: np.ndarray, cache: Any) -> tuple[np.ndarray, Grads]:
+    xhat, rstd, scale = cache
+    C = xhat.shape[-1]
+    reduce_axes = tuple(range(dy.ndim - 1))
+    dscale = np.sum(dy * xhat, axis=reduce_axes)  # (C,)
+    dshift = np.sum(dy, axis=reduce_axes)  # (C,)
+
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), every mean over C.
+    dxhat = dy * scale
+    mean_dxhat = dxhat.mean(axis=-1, keepdims=True)  # (..., 1)
+    mean_dxhat_xhat = np.einsum("...c,...c->...", dxhat, xhat)[..., None]  # (..., 1)
+    mean_dxhat_xhat /= C
+    dx = dxhat
+    dx -= mean_dxhat
+    dx -= xhat * mean_dxhat_xhat
+    dx *= rstd
+    return dx, {"scale": dscale, "shift": dshift}
+
+
+# Linear.
+
+
+def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> tuple[np.ndarray, Any]:
+    """y = x @ weight + bias for weight (in, out): (..., in) -> (..., out)."""
+    d_in, d_out = weight.shape
+    x_rows = x.reshape(-1, d_in)  # (..., in) -> (N, in)
+    y = x_rows @ weight  # (N, in) @ (in, out) -> (N, out)
+    if bias is not None:
+        y += bias
+    return y.reshape(*x.shape[:-1], d_out), (x, weight, bias is not None)
+
+
+def linear_backward(dy: np.ndarray, cache: Any) -> tuple[np.ndarray, Grads]:
+    x, weight, has_bias = cache
+    d_in, d_out = weight.shape
+    x_rows = x.reshape(-1, d_in)  # (..., in) -> (N, in)
+    dy_rows = dy.reshape(-1, d_out)  # (..., out) -> (N, out)
+    dx = dy_rows @ weight.T  # (N, out) @ (out, in) -> (N, in)
+    grads = {"weight": x_rows.T @ dy_rows}  # (in, N) @ (N, out) -> (in, out)
+    if has_bias:
+        grads["bias"] = dy_rows.sum(axis=0)  # (out,)
+    return dx.reshape(x.shape), grads
+
+
+# Dropout.
+
+
+def dropout_forward(x: np.ndarray, rate: float, rng: np.random.Generator | None) -> tuple[np.ndarray, Any]:
+    """Inverted dropout: zero each element with probability rate and scale the rest by 1 / (1 - rate).
+
+    rng=None is eval mode, as is rate=0: the input comes back unchanged and the cache is None.
+    """
+    if rng is None or rate == 0.0:
+        return x, None
+    keep = rng.random(x.shape, dtype=x.dtype) >= rate
+    mask = keep.astype(x.dtype)  # an explicit cast: bool * Python float would give float64
+    mask *= 1.0 / (1.0 - rate)
+    return x * mask, mask
+
+
+def dropout_backward(dy: np.ndarray, cache: Any) -> np.ndarray:
+    mask = cache
+    if mask is None:
+        return dy
+    return dy * mask
+
+
+# Residual add.
+
+
+def residual_forward(x: np.ndarray, branch: np.ndarray) -> tuple[np.ndarray, None]:
+    return x + branch, None
+
+
+def residual_backward(dy: np.ndarray, cache: None) -> tuple[np.ndarray, np.ndarray]:
+    """Return the gradients of the residual stream and of the branch, both dy."""
+    return dy, dy
+
+
+# Causal self-attention.
+
+
+def causal_mask(context_length: int, dtype: np.dtype) -> np.ndarray:
+    """Return the additive causal mask (context_length, context_length): 0 on and below the diagonal, -inf above.
+
+    Adding it replaces every score whose key comes after its query by -inf. The diagonal is
+    never masked, so no row is all -inf and the softmax never returns NaN.
+    """
+    mask = np.zeros((context_length, context_length), dtype=dtype)
+    mask[np.triu_indices(context_length, k=1)] = -np.inf
+    return mask
+
+
+def attention_forward(
+    qkv: np.ndarray, num_heads: int, mask: np.ndarray, dropout: float, rng: np.random.Generator | None
+) -> tuple[np.ndarray, Any]:
+    """Causal softmax attention of fused qkv (B, T, 3C), columns [q | k | v]: returns heads (B, nh, T, hs).
+
+    mask is the additive mask of causal_mask, at least (T, T). Attention dropout acts on the
+    probabilities.
+    """
+    B, T, C3 = qkv.shape
+    nh = num_heads
+    hs = C3 // 3 // nh
+    split = qkv.reshape(B, T, 3, nh, hs)  # (B, T, 3C) -> (B, T, 3, nh, hs)
+    q = split[:, :, 0].transpose(0, 2, 1, 3)  # (B, nh, T, hs), a view
+    k = split[:, :, 1].transpose(0, 2, 1, 3)  # (B, nh, T, hs), a view
+    v = split[:, :, 2].transpose(0, 2, 1, 3)  # (B, nh, T, hs), a view
+
+    # Scaling q (T * hs elements) costs less than scaling the scores (T * T elements).
+    scale = 1.0 / math.sqrt(hs)
+    q_scaled = q * scale  # (B, nh, T, hs), contiguous
+    probs = q_scaled @ k.transpose(0, 1, 3, 2)  # (B, nh, T, hs) @ (B, nh, hs, T) -> (B, nh, T, T)
+    probs += mask[:T, :T]
+
+    # Softmax over the keys, in place: scores -> probabilities.
+    probs -= probs.max(axis=-1, keepdims=True)
+    np.exp(probs, out=probs)
+    probs /= probs.sum(axis=-1, keepdims=True)
+
+    probs_dropped, dropout_cache = dropout_forward(probs, dropout, rng)
+    y = probs_dropped @ v  # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
+    cache = (q_scaled, k, v, probs, probs_dropped, dropout_cache, scale)
+    return y, cache
+
+
+def attention_backward(dy: np.ndarray, cache: Any) -> np.ndarray:
+    """Return dqkv (B, T, 3C) for dy (B, nh, T, hs)."""
+    q_scaled, k, v, probs, probs_dropped, dropout_cache, scale = cache
+    B, nh, T, hs = dy.shape
+
+    dv = probs_dropped.transpose(0, 1, 3, 2) @ dy  # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
+    dprobs = dy @ v.transpose(0, 1, 3, 2)  # (B, nh, T, hs) @ (B, nh, hs, T) -> (B, nh, T, T)
+    dprobs = dropout_backward(dprobs, dropout_cache)
+
+    # Softmax backward: dscores = probs * (dprobs - sum_j dprobs_j probs_j). Masked entries
+    # have probability 0, so their gradient is 0.
+    row_dot = np.einsum("bhij,bhij->bhi", dprobs, probs)[..., None]  # (B, nh, T, 1)
+    dscores = dprobs
+    dscores -= row_dot
+    dscores *= probs
+
+    dq = dscores @ k  # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
+    dq *= scale
+    dk = dscores.transpose(0, 1, 3, 2) @ q_scaled  # (B, nh, T, T) @ (B, nh, T, hs) -> (B, nh, T, hs)
+
+    dqkv = np.empty((B, T, 3, nh, hs), dtype=dy.dtype)
+    dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)  # (B, nh, T, hs) -> (B, T, nh, hs)
+    dqkv[:, :, 1] = dk.transpose(0, 2, 1, 3)
+    dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
+    return dqkv.reshape(B, T, 3 * nh * hs)  # (B, T, 3, nh, hs) -> (B, T, 3C)
+
+
+# Head merge.
+
+
+def merge_heads_forward(y: np.ndarray) -> tuple[np.ndarray, None]:
+    """Concatenate the heads: (B, nh, T, hs) -> (B, T, C)."""
+    B, nh, T, hs = y.shape
+    return y.transpose(0, 2, 1, 3).reshape(B, T, nh * hs), None  # (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
+
+
+def merge_heads_backward(dout: np.ndarray, num_heads: int) -> np.ndarray:
+    """Split dout (B, T, C) back into heads (B, nh, T, hs); a merge has no cache, only the head count."""
+    B, T, C = dout.shape
+    return dout.reshape(B, T, num_heads, C // num_heads).transpose(0, 2, 1, 3)  # (B, T, C) -> (B, nh, T, hs)
+
+
+# GELU.
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_TANH_CUBIC = 0.044715
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def gelu_forward(x: np.ndarray, approximation: str) -> tuple[np.ndarray, Any]:
+    """GELU: "tanh" is 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), "none" is 0.5 x (1 + erf(x / sqrt(2)))."""
+    if approximation == "tanh":
+        # inner = sqrt(2/pi) * x * (1 + 0.044715 x^2), computed in one buffer.
+        inner = np.square(x)
+        inner *= _SQRT_2_OVER_PI * _TANH_CUBIC
+        inner += _SQRT_2_OVER_PI
+        inner *= x
+        tanh = np.tanh(inner, out=inner)
+        y = tanh + 1.0
+        y *= x
+        y *= 0.5
+        return y, (x, approximation, tanh)
+    if approximation == "none":
+        # cdf = Phi(x) = 0.5 (1 + erf(x / sqrt(2))), the standard normal CDF.
+        cdf = erf(x * _INV_SQRT_2)
+        cdf += 1.0
+        cdf *= 0.5
+        return x * cdf, (x, approximation, cdf)
+    raise ValueError(f"unknown GELU approximation {approximation!r}; use 'tanh' or 'none'")
+
+
+def gelu_backward(dy: np.ndarray, cache: Any) -> np.ndarray:
+    x, approximation, saved = cache
+    if approximation == "tanh":
+        # d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2), with t = tanh(inner).
+        tanh = saved
+        inner_grad = np.square(x)
+        inner_grad *= _SQRT_2_OVER_PI * 3.0 * _TANH_CUBIC
+        inner_grad += _SQRT_2_OVER_PI
+        sech_square = np.square(tanh)
+        np.subtract(1.0, sech_square, out=sech_square)
+        inner_grad *= sech_square
+        inner_grad *= x
+        local_grad = inner_grad
+        local_grad += tanh
+        local_grad += 1.0
+        local_grad *= 0.5
+    else:
+        # d/dx = Phi(x) + x phi(x), with phi the standard normal density.
+        cdf = saved
+        local_grad = np.square(x)
+        local_grad *= -0.5
+        np.exp(local_grad, out=local_grad)
+        local_grad *= _INV_SQRT_2PI
+        local_grad *= x
+        local_grad += cdf
+    local_grad *= dy
+    return local_grad
+
+
+# Softmax cross-entropy.
+
+
+def softmax_cross_entropy_forward(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, Any]:
+    """Return the cross-entropy of each position, (B, T), for logits (B, T, V) and int targets (B, T).
+
+    The softmax is fused in: the loss is logsumexp(logits) - logits[target], and the cache
+    keeps the probabilities that the backward needs.
+    """
+    shifted = logits - logits.max(axis=-1, keepdims=True)  # (B, T, V)
+    target_shifted = np.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]  # (B, T)
+    probs = np.exp(shifted, out=shifted)
+    total = probs.sum(axis=-1, keepdims=True)  # (B, T, 1)
+    losses = np.log(total[..., 0])
+    losses -= target_shifted
+    probs /= total
+    return losses, (probs, targets)
+
+
+def softmax_cross_entropy_backward(dlosses: np.ndarray, cache: Any) -> np.ndarray:
+    """Return dlogits (B, T, V) = (probs - onehot(targets)) * dlosses."""
+    probs, targets = cache
+    dlogits = probs * dlosses[..., None]
+    B, T = targets.shape
+    batch_index = np.arange(B)[:, None]  # (B, 1)
+    time_index = np.arange(T)[None, :]  # (1, T)
+    dlogits[batch_index, time_index, targets] -= dlosses
+    return dlogits
