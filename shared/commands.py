@@ -10,6 +10,7 @@ import numpy as np
 from shared.backends import BACKENDS, get_backend
 from shared.config import PRESETS, GPTConfig
 from shared.errors import UserError
+from shared.tokenizer import checkpoint_tokenizer
 from shared.weights import init_parameters, load_checkpoint_full, save_checkpoint
 
 
@@ -83,13 +84,26 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint_full(args.checkpoint)
+    tokenizer = None
+    if args.prompt is not None:
+        # Load the tokenizer before the model, so that a missing tokenizer file fails fast.
+        tokenizer = checkpoint_tokenizer(checkpoint.metadata, checkpoint.config, args.checkpoint)
+        ids = tokenizer.encode(args.prompt)
+        if not ids:
+            raise UserError("--prompt is empty; give at least one character of text")
+        prompt = np.array([ids], dtype=np.int64)
+    else:
+        prompt = parse_token_ids(args.prompt_ids)
     backend = get_backend(args.backend)
     model = backend.load(checkpoint.params, checkpoint.config, dtype=args.dtype)
-    prompt = parse_token_ids(args.prompt_ids)
     tokens = backend.generate(
         model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed
     )
-    print(",".join(str(int(token)) for token in tokens[0]))
+    if tokenizer is None:
+        print(",".join(str(int(token)) for token in tokens[0]))
+    else:
+        # Sampled bytes need not form valid UTF-8, so invalid sequences print as U+FFFD.
+        print(tokenizer.decode(tokens[0], errors="replace"))
     return 0
 
 
@@ -121,7 +135,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("generate", help="continue a prompt with a checkpoint")
     parser.add_argument("checkpoint", type=Path, help="trigpt .safetensors checkpoint")
     parser.add_argument("--backend", default="torch", choices=backends, help="framework to run (default: torch)")
-    parser.add_argument("--prompt-ids", default="0", help="comma-separated prompt token ids (default: 0)")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt-ids", default="0", help="comma-separated prompt token ids; prints ids (default: 0)")
+    prompt.add_argument(
+        "--prompt", help="prompt text, encoded with the checkpoint's tokenizer; prints the decoded text"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=20, help="tokens to generate (default: 20)")
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, > 0 (default: 1.0)")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (default: all)")
