@@ -25,6 +25,7 @@ from shared.errors import UserError  # noqa: E402
 COMMAND_MODULES = [
     "shared.commands",
     "shared.compare",
+    "shared.convert",
 ]
 
 
