@@ -153,8 +153,10 @@ def _reconcile_config(stored: GPTConfig | None, requested: GPTConfig | None, pat
 
 
 def read_config_file(path: str | os.PathLike) -> GPTConfig:
-    """Read a GPTConfig from a JSON file, as written by GPTConfig.to_json."""
+    """Read a GPTConfig from a JSON file (as GPTConfig.to_json writes it) or from a trigpt checkpoint."""
     path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        return load_checkpoint_full(path).config
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -406,9 +408,17 @@ def _save_torch(path: Path, params: Params, config: GPTConfig) -> None:
 
 def _load_npz(path: Path) -> tuple[Params, GPTConfig | None, dict[str, Any]]:
     try:
-        archive = np.load(path, allow_pickle=False)
+        with open(path, "rb") as file:
+            magic = file.read(4)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a folder, expected an .npz file") from None
+    if magic != b"PK\x03\x04":
+        # np.load would treat any other file as a pickle and report that, which misleads.
+        raise CheckpointError(f"{path}: not an .npz file (it does not start with a zip header)")
+    try:
+        archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{path}: not a readable .npz file, truncated or corrupt ({error})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -572,6 +582,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--to", dest="destination_format", choices=formats, help="format of the output (default: from its extension)")
     parser.add_argument("--dtype", choices=list(DTYPES), help="cast every tensor to this dtype (default: keep the stored dtype)")
     parser.add_argument(
-        "--config", type=Path, help="GPTConfig JSON file; required when the input format stores no config (torch, flax)"
+        "--config",
+        type=Path,
+        help="GPTConfig JSON file, or a trigpt .safetensors checkpoint whose config to use; "
+        "required when the input format stores no config (torch, flax)",
     )
     parser.set_defaults(handler=run_convert)

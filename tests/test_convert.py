@@ -301,6 +301,13 @@ def test_non_finite_weights_rejected(tmp_path):
         load_any(tmp_path / "nan.npz", config=config)
 
 
+def test_npz_format_forced_on_other_file(tmp_path):
+    config = make_config(True)
+    save_any(tmp_path / "model.safetensors", make_params(config), config)
+    with pytest.raises(CheckpointError, match="not an .npz file"):
+        load_any(tmp_path / "model.safetensors", format="npz")
+
+
 def test_unknown_extension(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(UserError, match="--from"):
@@ -342,6 +349,12 @@ def test_cli_convert(tmp_path, capsys):
     assert main([*arguments, "--config", str(config_path)]) == 0
     loaded, _, _ = load_any(tmp_path / "weights.data", format="npz")
     assert all(value.dtype == ml_dtypes.bfloat16 for value in loaded.values())
+
+    # A trigpt checkpoint can lend its config too.
+    arguments = ["convert", str(tmp_path / "model.pt"), str(tmp_path / "again.npz"), "--config", str(tmp_path / "model.safetensors")]
+    assert main(arguments) == 0
+    _, loaded_config, _ = load_any(tmp_path / "again.npz")
+    assert loaded_config == config
 
 
 @pytest.mark.skipif(not HAS_FLAX, reason="jax_impl.convert or flax is not importable")

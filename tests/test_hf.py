@@ -297,3 +297,22 @@ def test_tokenizer_files_travel(tmp_path):
     assert main(["convert", str(tmp_path / "trigpt" / "model.safetensors"), str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "vocab.json").read_text() == (tmp_path / "hf" / "vocab.json").read_text()
     assert json.loads((tmp_path / "out" / "config.json").read_text())["eos_token_id"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_gpt2_small_shape_matches_transformers(tmp_path, backend_name):
+    """The full GPT-2 small shape (12 layers, width 768, 50257 tokens), randomly initialised."""
+    backend = require_backend(backend_name)
+    config = GPT2Config(bos_token_id=None, eos_token_id=None)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config).eval()
+    model.save_pretrained(tmp_path / "hf")
+    batch = np.random.default_rng(2).integers(0, config.vocab_size, size=(1, 64))
+
+    params, trigpt_config = load_gpt2(tmp_path / "hf")
+    assert trigpt_config == GPTConfig.preset("gpt2")
+    ours = backend.forward(backend.load(params, trigpt_config), batch)
+    difference = measure_difference(ours, hf_logits(model, batch))
+    print(f"{backend_name} GPT-2 small: max abs logit diff {difference.max_abs:.2e}, max rel {difference.max_rel:.2e}")
+    assert_close(ours, hf_logits(model, batch), f"{backend_name} GPT-2 small logits vs transformers", "float32")
