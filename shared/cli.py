@@ -24,6 +24,7 @@ from shared.errors import UserError  # noqa: E402
 # Modules that add subcommands, in the order `trigpt --help` lists them.
 COMMAND_MODULES = [
     "shared.commands",
+    "shared.train",
     "shared.compare",
     "shared.convert",
 ]
