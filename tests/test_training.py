@@ -12,6 +12,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -465,6 +468,25 @@ def test_cli_ctrl_c_saves_and_exits_130(tmp_path, capsys, monkeypatch):
     assert "interrupted after step 3" in error
     assert f"trigpt train --resume {out / 'last.safetensors'}" in error
     assert load_checkpoint_full(out / "last.safetensors").optimizer.step == 3
+
+
+def test_cli_process_ctrl_c(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "shared.cli", "train", "--out", str(out), "--steps", "100000", *CLI_MODEL, *CLI_SETTINGS]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert process.poll() is None, f"trigpt train exited early: {process.communicate()[1]}"
+        assert time.monotonic() < deadline, "trigpt train wrote no metrics within 120 s"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, error = process.communicate(timeout=120)
+    assert process.returncode == 130, error
+    assert "continue with: trigpt train --resume" in error
+    assert "Traceback" not in error
+    steps = [line["step"] for line in read_metrics(metrics)]
+    assert load_checkpoint_full(out / "last.safetensors").optimizer.step == steps[-1]
 
 
 def test_cli_help_lists_train_options(capsys):
