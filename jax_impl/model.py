@@ -1,0 +1,315 @@
+"""The GPT model in Flax NNX, numerically the same as the PyTorch reference.
+
+Dimension legend, used in the shape comments below:
+    B  batch size            T  query positions         S  key positions
+    C  d_model               V  vocabulary size         nh number of heads
+    hs head size (C // nh)   H  MLP hidden size (mlp_expansion * C)
+
+Flax defaults that differ from trigpt's rules are set here once. LayerNorm is our own module,
+because nnx.LayerNorm defaults to eps 1e-6 and trigpt takes eps from the config. The GELU form
+goes to jax.nn.gelu explicitly, since it defaults to tanh. Every matmul carries the model's
+precision, and the causal mask puts -inf on future keys with jnp.where.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from shared.config import GPTConfig
+from shared.weights import INIT_STD
+
+# Keys and values of one block, each (B, nh, S, hs).
+LayerCache = tuple[jax.Array, jax.Array]
+
+# Names accepted for the matmul precision. "highest" is full float32. "default" lets XLA pick a
+# faster mode: bfloat16 on TPU and TF32 on recent GPUs, per the JAX matmul precision guide.
+# On CPU the default is full float32 as well.
+PRECISIONS = {
+    "default": lax.Precision.DEFAULT,
+    "high": lax.Precision.HIGH,
+    "highest": lax.Precision.HIGHEST,
+}
+
+
+def check_precision(name: str) -> lax.Precision:
+    """Return the lax.Precision for a name in PRECISIONS, or raise ValueError."""
+    if name not in PRECISIONS:
+        raise ValueError(f"matmul precision {name!r} is not supported; use one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[name]
+
+
+def _as_row(vector: jax.Array, rank: int) -> jax.Array:
+    """Reshape a (C,) vector to (1, ..., 1, C) so that it broadcasts without rank promotion."""
+    return jnp.reshape(vector, (1,) * (rank - 1) + (-1,))
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis: biased variance from the centred values, eps from the config."""
+
+    def __init__(self, size: int, eps: float, dtype: Any) -> None:
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((size,), dtype))
+        self.shift = nnx.Param(jnp.zeros((size,), dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        mean = jnp.mean(x, axis=-1, keepdims=True)  # (..., 1)
+        centred = x - mean
+        # The variance comes from the centred values, so a large mean costs no precision.
+        variance = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)  # (..., 1)
+        normalised = centred * lax.rsqrt(variance + self.eps)
+        return normalised * _as_row(self.scale[...], x.ndim) + _as_row(self.shift[...], x.ndim)
+
+
+def _linear(
+    config: GPTConfig, d_in: int, d_out: int, std: float, dtype: Any, precision: lax.Precision, rngs: nnx.Rngs
+) -> nnx.Linear:
+    """Build a Flax Linear with kernel (d_in, d_out), the canonical layout, so y = x @ W + b."""
+    return nnx.Linear(
+        d_in,
+        d_out,
+        use_bias=config.use_bias,
+        dtype=dtype,
+        param_dtype=dtype,
+        precision=precision,
+        kernel_init=nnx.initializers.normal(std),
+        bias_init=nnx.initializers.zeros,
+        rngs=rngs,
+    )
+
+
+class CausalSelfAttention(nnx.Module):
+    """Causal self-attention with one fused qkv projection, usable with or without a KV cache."""
+
+    def __init__(self, config: GPTConfig, dtype: Any, precision: lax.Precision, rngs: nnx.Rngs) -> None:
+        C = config.d_model
+        residual_std = INIT_STD / math.sqrt(2 * config.num_layers)
+        self.num_heads = config.num_heads
+        self.head_size = config.head_size
+        self.precision = precision
+        self.qkv = _linear(config, C, 3 * C, INIT_STD, dtype, precision, rngs)
+        self.out_proj = _linear(config, C, C, residual_std, dtype, precision, rngs)
+        self.attn_dropout = nnx.Dropout(config.dropout)
+        self.resid_dropout = nnx.Dropout(config.dropout)
+
+    def _split_heads(self, x: jax.Array) -> jax.Array:
+        B, T, _ = x.shape
+        x = x.reshape(B, T, self.num_heads, self.head_size)  # (B, T, C) -> (B, T, nh, hs)
+        return x.transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        train: bool = False,
+        rngs: nnx.Rngs | None = None,
+        cache: LayerCache | None = None,
+        position: jax.Array | None = None,
+    ) -> tuple[jax.Array, LayerCache]:
+        """Attend from x (B, T, C) and return (output (B, T, C), this layer's keys and values).
+
+        Without a cache, x contains positions 0..T-1 and the returned keys and values are those
+        of x. With a cache (buffers of S slots) and a position p, x is one token (T = 1) at
+        position p: its key and value are written into slot p, it attends to slots 0..p, and
+        the updated buffers are returned.
+        """
+        B, T, C = x.shape
+        deterministic = not train
+
+        q, k, v = jnp.split(self.qkv(x), 3, axis=-1)  # (B, T, 3C) -> 3 x (B, T, C)
+        q = self._split_heads(q)  # (B, nh, T, hs)
+        k = self._split_heads(k)  # (B, nh, T, hs)
+        v = self._split_heads(v)  # (B, nh, T, hs)
+
+        if cache is None:
+            query_positions = jnp.arange(T, dtype=jnp.int32)  # (T,)
+        else:
+            k = lax.dynamic_update_slice_in_dim(cache[0], k, position, axis=2)  # (B, nh, S, hs)
+            v = lax.dynamic_update_slice_in_dim(cache[1], v, position, axis=2)  # (B, nh, S, hs)
+            query_positions = jnp.reshape(position, (1,))  # (T,) with T = 1
+        key_positions = jnp.arange(k.shape[2], dtype=jnp.int32)  # (S,)
+
+        scores = jnp.einsum("bhtd,bhsd->bhts", q, k, precision=self.precision)  # (B, nh, T, hs) @ (B, nh, hs, S) -> (B, nh, T, S)
+        scores = scores / math.sqrt(self.head_size)
+        # Keys after their query get -inf. The diagonal is never masked, so no row is all -inf.
+        # With a cache, the slots after p contain stale values and are masked the same way.
+        allowed = key_positions[None, :] <= query_positions[:, None]  # (T, S)
+        scores = jnp.where(allowed[None, None, :, :], scores, -jnp.inf)
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = self.attn_dropout(probs, deterministic=deterministic, rngs=rngs)
+
+        y = jnp.einsum("bhts,bhsd->bhtd", probs, v, precision=self.precision)  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # merge heads: (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
+        y = self.resid_dropout(self.out_proj(y), deterministic=deterministic, rngs=rngs)
+        return y, (k, v)
+
+
+class FeedForward(nnx.Module):
+    """fc1 -> GELU (form from the config) -> fc2 -> dropout."""
+
+    def __init__(self, config: GPTConfig, dtype: Any, precision: lax.Precision, rngs: nnx.Rngs) -> None:
+        residual_std = INIT_STD / math.sqrt(2 * config.num_layers)
+        self.fc1 = _linear(config, config.d_model, config.d_mlp, INIT_STD, dtype, precision, rngs)
+        self.fc2 = _linear(config, config.d_mlp, config.d_model, residual_std, dtype, precision, rngs)
+        self.dropout = nnx.Dropout(config.dropout)
+        # jax.nn.gelu defaults to the tanh form; trigpt's config names the form explicitly.
+        self.approximate = config.gelu_approximation == "tanh"
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
+        hidden = jax.nn.gelu(self.fc1(x), approximate=self.approximate)  # (B, T, C) @ (C, H) -> (B, T, H)
+        return self.dropout(self.fc2(hidden), deterministic=not train, rngs=rngs)  # (B, T, H) @ (H, C) -> (B, T, C)
+
+
+class Block(nnx.Module):
+    """One transformer block. Pre-LN normalises inside each residual branch; post-LN after each residual add."""
+
+    def __init__(self, config: GPTConfig, dtype: Any, precision: lax.Precision, rngs: nnx.Rngs) -> None:
+        self.pre_ln = config.pre_ln
+        self.ln1 = LayerNorm(config.d_model, config.layer_norm_eps, dtype)
+        self.attn = CausalSelfAttention(config, dtype, precision, rngs)
+        self.ln2 = LayerNorm(config.d_model, config.layer_norm_eps, dtype)
+        self.mlp = FeedForward(config, dtype, precision, rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        train: bool = False,
+        rngs: nnx.Rngs | None = None,
+        cache: LayerCache | None = None,
+        position: jax.Array | None = None,
+    ) -> tuple[jax.Array, LayerCache]:
+        """Return (x (B, T, C), keys and values); see CausalSelfAttention for the cache."""
+        if self.pre_ln:
+            attended, kv = self.attn(self.ln1(x), train=train, rngs=rngs, cache=cache, position=position)
+            x = x + attended
+            x = x + self.mlp(self.ln2(x), train=train, rngs=rngs)
+        else:
+            attended, kv = self.attn(x, train=train, rngs=rngs, cache=cache, position=position)
+            x = self.ln1(x + attended)
+            x = self.ln2(x + self.mlp(x, train=train, rngs=rngs))
+        return x, kv
+
+
+class GPT(nnx.Module):
+    """GPT-2-style decoder: embeddings, a stack of blocks, a final LayerNorm and a bias-free head.
+
+    With weight tying the head reads tok_embed's matrix and there is no lm_head parameter.
+    Constructing the module draws the GPT-2 initialisation from Flax initialisers; the backend
+    instead builds an abstract module and fills it from canonical parameters (jax_impl.convert).
+    """
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        *,
+        dtype: Any = jnp.float32,
+        precision: lax.Precision = lax.Precision.HIGHEST,
+        rngs: nnx.Rngs,
+    ) -> None:
+        embed_init = nnx.initializers.normal(INIT_STD)
+        self.config = config
+        self.dtype = jnp.dtype(dtype)
+        self.precision = precision
+        self.tok_embed = nnx.Embed(
+            config.vocab_size, config.d_model, dtype=dtype, param_dtype=dtype, embedding_init=embed_init, rngs=rngs
+        )
+        self.pos_embed = nnx.Embed(
+            config.context_length, config.d_model, dtype=dtype, param_dtype=dtype, embedding_init=embed_init, rngs=rngs
+        )
+        self.embed_dropout = nnx.Dropout(config.dropout)
+        self.blocks = nnx.List([Block(config, dtype, precision, rngs) for _ in range(config.num_layers)])
+        self.final_ln = LayerNorm(config.d_model, config.layer_norm_eps, dtype)
+        if config.weight_tying:
+            self.lm_head = None
+        else:
+            self.lm_head = nnx.Linear(
+                config.d_model,
+                config.vocab_size,
+                use_bias=False,
+                dtype=dtype,
+                param_dtype=dtype,
+                precision=precision,
+                kernel_init=nnx.initializers.normal(INIT_STD),
+                rngs=rngs,
+            )
+
+    def embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+        """Token plus position embedding of tokens (B, T) at positions (T,), before dropout: (B, T, C)."""
+        return self.tok_embed(tokens) + self.pos_embed(positions)[None, :, :]  # (B, T, C) + (1, T, C)
+
+    def head(self, h: jax.Array) -> jax.Array:
+        """Logits from final-LayerNorm output h (..., C): (..., V)."""
+        if self.lm_head is not None:
+            return self.lm_head(h)  # (..., C) @ (C, V) -> (..., V)
+        return jnp.einsum("...c,vc->...v", h, self.tok_embed.embedding[...], precision=self.precision)  # (..., C) @ (C, V) -> (..., V)
+
+    def __call__(self, tokens: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Logits (B, T, V) of tokens (B, T) at positions 0..T-1. Training mode needs rngs with a dropout stream."""
+        T = tokens.shape[1]
+        x = self.embed(tokens, jnp.arange(T, dtype=jnp.int32))  # (B, T, C)
+        x = self.embed_dropout(x, deterministic=not train, rngs=rngs)
+        for block in self.blocks:
+            x, _ = block(x, train=train, rngs=rngs)
+        return self.head(self.final_ln(x))
+
+    def activations(self, tokens: jax.Array) -> dict[str, jax.Array]:
+        """Run an eval-mode forward and return every intermediate result under the backend interface's names."""
+        T = tokens.shape[1]
+        x = self.embed(tokens, jnp.arange(T, dtype=jnp.int32))  # (B, T, C)
+        collected = {"embed": x}
+        for i, block in enumerate(self.blocks):
+            x, _ = block(x)
+            collected[f"blocks.{i}"] = x
+        x = self.final_ln(x)
+        collected["final_ln"] = x
+        collected["logits"] = self.head(x)  # (B, T, V)
+        return collected
+
+    def run_blocks(self, x: jax.Array) -> jax.Array:
+        """Run only the stack of blocks on x (B, T, C) in eval mode, without embedding or final LayerNorm."""
+        for block in self.blocks:
+            x, _ = block(x)
+        return x
+
+    def prefill(self, tokens: jax.Array, length: jax.Array) -> tuple[jax.Array, tuple[LayerCache, ...]]:
+        """Fill a KV cache from a window of tokens (B, S) at positions 0..S-1, in eval mode.
+
+        Only the first `length` tokens are real; the rest is padding that the causal mask
+        keeps away from them. Returns the logits at position length - 1 (B, V) and each
+        block's keys and values (B, nh, S, hs), which serve as cache buffers of S slots.
+        """
+        S = tokens.shape[1]
+        x = self.embed(tokens, jnp.arange(S, dtype=jnp.int32))  # (B, S, C)
+        cache = []
+        for block in self.blocks:
+            x, kv = block(x)
+            cache.append(kv)
+        last = lax.dynamic_index_in_dim(x, length - 1, axis=1, keepdims=False)  # (B, C)
+        return self.head(self.final_ln(last)), tuple(cache)
+
+    def decode(
+        self, token: jax.Array, cache: tuple[LayerCache, ...], position: jax.Array
+    ) -> tuple[jax.Array, tuple[LayerCache, ...]]:
+        """Run one token per row (B,) at position p over a cache that contains positions 0..p-1.
+
+        Returns the logits (B, V) and the cache with position p written in.
+        """
+        x = self.embed(token[:, None], jnp.reshape(position, (1,)))  # (B, 1, C)
+        updated = []
+        for block, layer_cache in zip(self.blocks, cache):
+            x, kv = block(x, cache=layer_cache, position=position)
+            updated.append(kv)
+        return self.head(self.final_ln(x[:, 0, :])), tuple(updated)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean cross-entropy over all B*T positions of logits (B, T, V) and integer targets (B, T)."""
+    log_normaliser = jax.nn.logsumexp(logits, axis=-1)  # (B, T)
+    target_logits = jnp.take_along_axis(logits, targets[:, :, None], axis=-1)[:, :, 0]  # (B, T)
+    return jnp.mean(log_normaliser - target_logits)
