@@ -179,7 +179,8 @@ def load_corpus(text_path: str | Path | None = None, tokenizer: TextEncoder | No
     train, validation = split_tokens(ids)
     return Corpus(
         source=source,
-        text_path=None if text_path is None else str(text_path),
+        # An absolute path lets a resumed run find the file from any working folder.
+        text_path=None if text_path is None else str(Path(text_path).resolve()),
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         num_characters=len(text),
         tokenizer=tokenizer_spec(tokenizer),

@@ -343,10 +343,12 @@ def train(
     else:
         start_step = 0
     stop_step = settings.steps if stop_at is None else stop_at
-    if not start_step < stop_step <= settings.steps:
+    if stop_step > settings.steps:
+        raise ValueError(f"stop_at {stop_step} is beyond the schedule's {settings.steps} steps; raise --steps or lower --stop-at")
+    if stop_step <= start_step:
         raise ValueError(
-            f"nothing to train: the run is at step {start_step}, stop_at is {stop_step} and the schedule has "
-            f"{settings.steps} steps; raise --steps (the total step count, not the number of steps to add)"
+            f"nothing to train: the run is at step {start_step} and would stop at step {stop_step}; "
+            f"raise --steps (the total step count, not the number of steps to add) or --stop-at"
         )
 
     corpus = corpus if corpus is not None else load_corpus()

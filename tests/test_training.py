@@ -334,8 +334,13 @@ def test_weights_only_checkpoint_cannot_resume(tmp_path, corpus):
 
 def test_finished_run_has_nothing_to_train(tmp_path, runs):
     finished = runs.full("torch", "float32").checkpoint_path
-    with pytest.raises(ValueError, match="nothing to train: the run is at step 20"):
+    with pytest.raises(ValueError, match="nothing to train: the run is at step 20 and would stop at step 20"):
         train("torch", SETTINGS, tmp_path, resume=finished, corpus=runs.corpus)
+
+
+def test_stop_at_beyond_schedule(tmp_path, corpus):
+    with pytest.raises(ValueError, match="stop_at 21 is beyond the schedule's 20 steps"):
+        train("torch", SETTINGS, tmp_path, config=CONFIG, corpus=corpus, stop_at=21)
 
 
 def test_short_text_is_rejected(tmp_path):
