@@ -594,5 +594,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--checkpoint-interval", type=int, help=f"steps between checkpoints, 0 for the last step only (default: {defaults.checkpoint_interval})")
 
     add_config_options(parser)
-    # None tells a fresh run to use tiny and lets --resume reject an explicit --preset.
+    # With a preset default of None, a fresh run falls back to tiny and --resume can reject an explicit --preset.
     parser.set_defaults(preset=None, handler=run_train)
