@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "shared.train",
     "shared.compare",
     "shared.convert",
+    "shared.bench",
 ]
 
 
