@@ -38,15 +38,14 @@ def config_of(model: GPTModel) -> GPTConfig:
 def forward(model: GPTModel, tokens: np.ndarray) -> np.ndarray:
     """Return the logits (B, T, V) in eval mode."""
     tokens = check_tokens(tokens, model.config)
-    logits, _ = _model.model_forward(model, tokens)
-    return logits
+    return _model.model_logits(model, tokens)
 
 
 def activations(model: GPTModel, tokens: np.ndarray) -> dict[str, np.ndarray]:
     """Return "embed", "blocks.{i}", "final_ln" and "logits" in eval mode."""
     tokens = check_tokens(tokens, model.config)
     collected: dict[str, np.ndarray] = {}
-    _model.model_forward(model, tokens, collect=collected)
+    _model.model_logits(model, tokens, collect=collected)
     return collected
 
 

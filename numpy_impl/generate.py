@@ -22,7 +22,7 @@ from shared.config import GPTConfig
 from shared.inputs import check_generate_arguments
 from shared.sampling import check_sampling_arguments, draw_uniforms, sample_next
 from numpy_impl.layers import gelu_forward, layernorm_forward, linear_forward, merge_heads_forward
-from numpy_impl.model import GPTModel, model_forward
+from numpy_impl.model import GPTModel, model_logits
 
 
 class KVCache:
@@ -51,14 +51,15 @@ def _cached_attention(qkv: np.ndarray, cache: KVCache, layer: int, mask: np.ndar
     k = cache.keys[layer][:, :, :stop]  # (B, nh, S, hs)
     v = cache.values[layer][:, :, :stop]  # (B, nh, S, hs)
 
-    # The same operations as layers.attention_forward, on rows start..stop of the mask.
+    # The same operations as layers.attention_forward, with scores in (key, query) layout,
+    # on the mask's columns start..stop.
     q_scaled = q * (1.0 / math.sqrt(hs))
-    probs = q_scaled @ k.transpose(0, 1, 3, 2)  # (B, nh, T, hs) @ (B, nh, hs, S) -> (B, nh, T, S)
-    probs += mask[start:stop, :stop]
-    probs -= probs.max(axis=-1, keepdims=True)
+    probs = k @ q_scaled.transpose(0, 1, 3, 2)  # (B, nh, S, hs) @ (B, nh, hs, T) -> (B, nh, S, T)
+    probs += mask[:stop, start:stop]
+    probs -= probs.max(axis=-2, keepdims=True)
     np.exp(probs, out=probs)
-    probs /= probs.sum(axis=-1, keepdims=True)
-    return probs @ v  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
+    probs /= probs.sum(axis=-2, keepdims=True)
+    return probs.transpose(0, 1, 3, 2) @ v  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
 
 
 def _cached_block(x: np.ndarray, model: GPTModel, layer: int, cache: KVCache) -> np.ndarray:
@@ -140,8 +141,7 @@ class CachedDecoder:
 def uncached_next_logits(model: GPTModel, sequence: np.ndarray) -> np.ndarray:
     """Return the logits (B, V) that follow sequence (B, L) from a full forward over its last context_length tokens."""
     window = sequence[:, -model.config.context_length :]  # (B, min(L, ctx))
-    logits, _ = model_forward(model, window)  # (B, T, V)
-    return logits[:, -1, :]
+    return model_logits(model, window)[:, -1, :]  # (B, T, V) -> (B, V)
 
 
 def generate(

@@ -180,34 +180,48 @@ def block_backward(dout: np.ndarray, cache: Any) -> tuple[np.ndarray, Grads]:
 # The model.
 
 
-def model_forward(
-    model: GPTModel, tokens: np.ndarray, rng: np.random.Generator | None = None, collect: dict[str, np.ndarray] | None = None
-) -> tuple[np.ndarray, Any]:
+def model_forward(model: GPTModel, tokens: np.ndarray, rng: np.random.Generator | None = None) -> tuple[np.ndarray, Any]:
     """Return the logits (B, T, V) of checked int tokens (B, T), and the cache for model_backward.
 
-    rng drives dropout in training mode; None is eval mode. If collect is a dict, it receives
-    "embed", "blocks.{i}", "final_ln" and "logits".
+    rng drives dropout in training mode; None is eval mode.
     """
     config, params = model.config, model.params
     x, embed_cache = embedding_forward(tokens, params["tok_embed.weight"], params["pos_embed.weight"])  # (B, T, C)
-    if collect is not None:
-        collect["embed"] = x
     x, embed_dropout_cache = dropout_forward(x, config.dropout, rng)
 
     block_caches = []
     for i in range(config.num_layers):
         x, block_cache = block_forward(x, params, f"blocks.{i}", config, model.mask, rng)  # (B, T, C)
         block_caches.append(block_cache)
-        if collect is not None:
-            collect[f"blocks.{i}"] = x
 
     h, final_cache = _layernorm(x, params, "final_ln", config)  # (B, T, C)
     logits, head_cache = linear_forward(h, model.head_weight(), None)  # (B, T, C) @ (C, V) -> (B, T, V)
+    cache = (config.weight_tying, embed_cache, embed_dropout_cache, block_caches, final_cache, head_cache)
+    return logits, cache
+
+
+def model_logits(model: GPTModel, tokens: np.ndarray, collect: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Return the logits (B, T, V) of checked int tokens (B, T) in eval mode, keeping no backward caches.
+
+    Each block's cache is dropped when the next block starts, so inference holds one block's
+    intermediates at a time. If collect is a dict, it receives "embed", "blocks.{i}",
+    "final_ln" and "logits".
+    """
+    config, params = model.config, model.params
+    x, _ = embedding_forward(tokens, params["tok_embed.weight"], params["pos_embed.weight"])  # (B, T, C)
+    if collect is not None:
+        collect["embed"] = x
+    for i in range(config.num_layers):
+        x, _ = block_forward(x, params, f"blocks.{i}", config, model.mask, None)  # (B, T, C)
+        if collect is not None:
+            collect[f"blocks.{i}"] = x
+
+    h, _ = _layernorm(x, params, "final_ln", config)  # (B, T, C)
+    logits, _ = linear_forward(h, model.head_weight(), None)  # (B, T, C) @ (C, V) -> (B, T, V)
     if collect is not None:
         collect["final_ln"] = h
         collect["logits"] = logits
-    cache = (config.weight_tying, embed_cache, embed_dropout_cache, block_caches, final_cache, head_cache)
-    return logits, cache
+    return logits
 
 
 def model_backward(dlogits: np.ndarray, cache: Any) -> Grads:

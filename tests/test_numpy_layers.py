@@ -218,10 +218,11 @@ def test_layernorm_uses_biased_variance_and_eps():
 def test_attention_masks_future_keys():
     mask = layers.causal_mask(6, np.float64)
     _, cache = layers.attention_forward(normal(2, 6, 12, scale=5.0), 2, mask, 0.0, None)
-    probs = cache[3]  # (B, nh, T, T)
+    probs = cache[3]  # (B, nh, T, T), keys by queries
     assert np.all(np.isfinite(probs))
-    assert np.all(probs[..., np.triu_indices(6, k=1)[0], np.triu_indices(6, k=1)[1]] == 0)
-    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-14, atol=0)
+    keys, queries = np.tril_indices(6, k=-1)  # every key after its query
+    assert np.all(probs[..., keys, queries] == 0)
+    np.testing.assert_allclose(probs.sum(axis=-2), 1.0, rtol=1e-14, atol=0)
 
 
 def test_attention_ignores_future_positions():
@@ -244,7 +245,8 @@ def test_attention_single_position_returns_value():
 def test_causal_mask_values():
     mask = layers.causal_mask(3, np.float32)
     assert mask.dtype == np.float32
-    expected = np.array([[0, -np.inf, -np.inf], [0, 0, -np.inf], [0, 0, 0]], dtype=np.float32)
+    # Rows are keys, columns queries: key 2 is hidden from queries 0 and 1.
+    expected = np.array([[0, 0, 0], [-np.inf, 0, 0], [-np.inf, -np.inf, 0]], dtype=np.float32)
     np.testing.assert_array_equal(mask, expected)
 
 

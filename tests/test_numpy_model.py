@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from numpy_impl import backend
-from numpy_impl.model import GPTModel, loss_and_grads, model_forward
+from numpy_impl.model import GPTModel, loss_and_grads, model_forward, model_logits
 from shared.config import GPTConfig
 from shared.weights import CheckpointError, init_parameters, parameter_shapes
 from tests.test_numpy_layers import numerical_gradient
@@ -201,6 +201,14 @@ def test_activations_agree_with_forward():
     expected_embed = model.params["tok_embed.weight"][tokens] + model.params["pos_embed.weight"][:6]
     np.testing.assert_array_equal(collected["embed"], expected_embed)
     assert collected["final_ln"].shape == (2, 6, BASE.d_model)
+
+
+def test_inference_forward_equals_training_forward():
+    for config in (BASE, BASE.replace(pre_ln=False, weight_tying=False, dropout=0.3)):
+        model = GPTModel(config, random_parameters(config))
+        tokens, _ = batch(config, 7)
+        logits, _ = model_forward(model, tokens)
+        np.testing.assert_array_equal(model_logits(model, tokens), logits)
 
 
 def test_eval_mode_ignores_dropout():

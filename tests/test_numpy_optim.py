@@ -196,3 +196,35 @@ def test_train_step_loss_is_before_update():
     trainer = backend.make_trainer(model, AdamWConfig())
     assert trainer.step(tokens, targets, 1e-2) == expected
     assert backend.loss_and_grads(model, tokens, targets)[0] < expected
+
+
+def test_ten_updates_match_optax():
+    optax = pytest.importorskip("optax")
+    jax = pytest.importorskip("jax")
+    adamw = AdamWConfig(lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, max_grad_norm=1.0)
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(4, 3)), "b": rng.normal(size=(3,)), "e": rng.normal(size=(2, 5))}
+    grads_per_step = [{name: rng.normal(size=value.shape) * (0.1 + step) for name, value in params.items()} for step in range(STEPS)]
+
+    state = init_state(params)
+    ours = params
+    for grads in grads_per_step:
+        clipped, _ = clip_gradients(grads, adamw.max_grad_norm)
+        ours, state = adamw_update(ours, clipped, state, adamw, adamw.lr)
+
+    with jax.enable_x64(True):
+        decay_mask = {name: value.ndim >= 2 for name, value in params.items()}
+        optimizer = optax.chain(
+            optax.clip_by_global_norm(adamw.max_grad_norm),
+            optax.adamw(adamw.lr, b1=adamw.beta1, b2=adamw.beta2, eps=adamw.eps, weight_decay=adamw.weight_decay, mask=decay_mask),
+        )
+        expected = {name: jax.numpy.asarray(value) for name, value in params.items()}
+        optax_state = optimizer.init(expected)
+        for grads in grads_per_step:
+            updates, optax_state = optimizer.update({k: jax.numpy.asarray(v) for k, v in grads.items()}, optax_state, expected)
+            expected = optax.apply_updates(expected, updates)
+        expected = {name: np.asarray(value) for name, value in expected.items()}
+
+    for name in params:
+        assert expected[name].dtype == np.float64
+        assert_close(ours[name], expected[name], name, "adamw-float64")
