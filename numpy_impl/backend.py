@@ -22,7 +22,7 @@ def load(params: Mapping[str, np.ndarray], config: GPTConfig, dtype: str = "floa
     """Build a model from canonical params, copied and cast to dtype ("float32" or "float64")."""
     dtype = check_dtype(dtype)
     check_parameters(params, config)
-    owned = {key: np.array(params[key], dtype=dtype, copy=True) for key in parameter_shapes(config)}
+    owned = {key: np.array(params[key], dtype=dtype, order="C") for key in parameter_shapes(config)}
     return GPTModel(config, owned)
 
 

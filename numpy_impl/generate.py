@@ -2,9 +2,9 @@
 
 Sampling goes through shared.sampling, so one seed gives the same tokens in every backend.
 With the cache, each new token runs one position while the sequence fits in
-context_length. Once the sequence is longer, the window of the last context_length tokens
-slides, every kept token gets a new position embedding, and the cache is rebuilt from the
-cropped window, so the logits always equal those of a fresh forward over that window.
+context_length. Once the sequence is longer, the window of its last context_length tokens
+slides and every kept token gets a new position embedding. The cache is then rebuilt from
+the cropped window, so the logits always equal those of a fresh forward over that window.
 
 Dimension legend, used in the shape comments below:
     B  batch size            T  new positions in this call     S  cached plus new positions
@@ -32,7 +32,7 @@ class KVCache:
         shape = (batch_size, config.num_heads, config.context_length, config.head_size)  # (B, nh, ctx, hs)
         self.keys = [np.zeros(shape, dtype=dtype) for _ in range(config.num_layers)]
         self.values = [np.zeros(shape, dtype=dtype) for _ in range(config.num_layers)]
-        self.length = 0  # positions stored; every layer holds the same number
+        self.length = 0  # positions stored, the same in every layer
 
 
 def _cached_attention(qkv: np.ndarray, cache: KVCache, layer: int, mask: np.ndarray) -> np.ndarray:
@@ -63,7 +63,7 @@ def _cached_attention(qkv: np.ndarray, cache: KVCache, layer: int, mask: np.ndar
 
 
 def _cached_block(x: np.ndarray, model: GPTModel, layer: int, cache: KVCache) -> np.ndarray:
-    """One block in eval mode on the new positions x (B, T, C), the inference twin of model.block_forward."""
+    """Run one block in eval mode on the new positions x (B, T, C): the inference twin of model.block_forward."""
     config, params = model.config, model.params
     prefix = f"blocks.{layer}"
 
@@ -96,7 +96,7 @@ def _cached_block(x: np.ndarray, model: GPTModel, layer: int, cache: KVCache) ->
 def forward_cached(model: GPTModel, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
     """Run new tokens (B, T) at positions cache.length .. cache.length + T - 1 and return the last position's logits (B, V)."""
     config, params = model.config, model.params
-    B, T = tokens.shape
+    T = tokens.shape[1]
     start = cache.length
     if start + T > config.context_length:
         raise ValueError(
@@ -111,7 +111,7 @@ def forward_cached(model: GPTModel, tokens: np.ndarray, cache: KVCache) -> np.nd
 
     last = x[:, -1:, :]  # (B, 1, C)
     h, _ = layernorm_forward(last, params["final_ln.scale"], params["final_ln.shift"], config.layer_norm_eps)
-    return (h[:, 0, :] @ model.head_weight())  # (B, C) @ (C, V) -> (B, V)
+    return h[:, 0, :] @ model.head_weight()  # (B, C) @ (C, V) -> (B, V)
 
 
 class CachedDecoder:

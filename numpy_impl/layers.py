@@ -44,8 +44,9 @@ def embedding_backward(dx: np.ndarray, cache: Any) -> Grads:
     """Return the token and position embedding gradients; tokens themselves have none.
 
     A token id that occurs several times gets the sum of its rows. The rows are sorted by id
-    (stably, so each id's rows keep their sequence order) and summed with np.add.reduceat,
-    which is much faster than np.add.at and sums in the same order.
+    (stably, so each id's rows keep their sequence order) and summed with np.add.reduceat.
+    That sums in the same order as np.add.at but took half its time with numpy 2.4 for
+    B*T = 2048 and C = 384.
     """
     tokens, tok_shape, pos_shape = cache
     B, T = tokens.shape
@@ -73,9 +74,11 @@ def layernorm_forward(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, eps: 
     The variance is the mean of the squared centred values, never E[x^2] - E[x]^2, so a
     float32 row such as 10000 + [0, 1, 2, 3] keeps its precision.
     """
+    C = x.shape[-1]
     mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
     xhat = x - mean  # centred; normalised in place below
-    variance = np.square(xhat).mean(axis=-1, keepdims=True)  # (..., 1)
+    variance = np.einsum("...c,...c->...", xhat, xhat)[..., None]  # (..., 1), sum of squares
+    variance /= C
     rstd = variance
     rstd += eps
     np.sqrt(rstd, out=rstd)
@@ -313,6 +316,7 @@ def gelu_backward(dy: np.ndarray, cache: Any) -> np.ndarray:
         dx = np.empty_like(x)
         blocks = _row_blocks(*x.shape)
         scratch = np.empty_like(x[blocks[0]])
+
         for rows in blocks:
             xb, tb, db = x[rows], tanh[rows], dx[rows]
             sech_square = scratch[: xb.shape[0]]
@@ -328,6 +332,7 @@ def gelu_backward(dy: np.ndarray, cache: Any) -> np.ndarray:
             db *= 0.5
             db *= dy_rows[rows]
         return dx.reshape(dy.shape)
+
     # d/dx = Phi(x) + x phi(x), with phi the standard normal density.
     cdf = saved
     local_grad = np.square(x)

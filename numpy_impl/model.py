@@ -43,19 +43,23 @@ from numpy_impl.layers import (
 class GPTModel:
     """A config and its canonical parameters, all of one dtype (float32 or float64).
 
-    training only records the mode for the interface; the forward functions take dropout's
-    random generator explicitly and run in eval mode without one.
+    training records the mode for the backend interface only. The forward functions take
+    dropout's random generator as an argument and run in eval mode without one.
     """
 
     def __init__(self, config: GPTConfig, params: dict[str, np.ndarray]) -> None:
         dtypes = {array.dtype for array in params.values()}
         if len(dtypes) != 1:
-            raise ValueError(f"all parameters must share one dtype, got {sorted(str(d) for d in dtypes)}")
+            raise ValueError(
+                f"all parameters must share one dtype, got {sorted(str(d) for d in dtypes)}; "
+                f"numpy_impl.backend.load casts them to one"
+            )
         self.config = config
         self.params = params
         self.dtype = dtypes.pop()
         self.training = False
-        # The additive causal mask, built once in the model's dtype so that adding it never promotes.
+        # The additive causal mask in (key, query) layout, built once in the model's dtype so
+        # that adding it never promotes the scores.
         self.mask = causal_mask(config.context_length, self.dtype)
 
     def head_weight(self) -> np.ndarray:
@@ -131,7 +135,11 @@ def _layernorm(x: np.ndarray, params: dict[str, np.ndarray], prefix: str, config
 def block_forward(
     x: np.ndarray, params: dict[str, np.ndarray], prefix: str, config: GPTConfig, mask: np.ndarray, rng: np.random.Generator | None
 ) -> tuple[np.ndarray, Any]:
-    """One block, (B, T, C) -> (B, T, C). Pre-LN: x + attn(ln1(x)), then + mlp(ln2(.)). Post-LN: ln1(x + attn(x)), then ln2(. + mlp(.))."""
+    """Run one transformer block on x (B, T, C) and return (B, T, C) and its cache.
+
+    Pre-LN: x = x + attn(ln1(x)), then x = x + mlp(ln2(x)).
+    Post-LN: x = ln1(x + attn(x)), then x = ln2(x + mlp(x)).
+    """
     if config.pre_ln:
         h, ln1_cache = _layernorm(x, params, f"{prefix}.ln1", config)
         a, attn_cache = self_attention_forward(h, params, f"{prefix}.attn", config, mask, rng)
