@@ -69,6 +69,19 @@ def generate(
     return _generate(model, prompt, max_new_tokens, temperature, top_k, seed, use_cache)
 
 
+def stack_input_gradient_norm(model: GPTModel, x: np.ndarray, r: np.ndarray) -> float:
+    """Run the blocks alone on x (B, T, C) in eval mode and return the norm of d sum(output * r) / dx."""
+    hidden = np.asarray(x, dtype=model.dtype)
+    caches = []
+    for i in range(model.config.num_layers):
+        hidden, cache = _model.block_forward(hidden, model.params, f"blocks.{i}", model.config, model.mask, None)
+        caches.append(cache)
+    dx = np.asarray(r, dtype=model.dtype)  # d sum(output * r) / d output
+    for cache in reversed(caches):
+        dx, _ = _model.block_backward(dx, cache)
+    return float(np.linalg.norm(dx.astype(np.float64)))
+
+
 class Trainer:
     """AdamW training of a GPTModel in place, with dropout drawn from a seeded numpy Generator."""
 

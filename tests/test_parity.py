@@ -83,3 +83,15 @@ def test_pair_agrees(config_name, dtype, first, second):
     assert list(actual) == list(expected), "backends report different comparison points"
     for point in expected:
         assert_close(actual[point], expected[point], f"{point} ({second} vs {first}, {dtype})", point_tolerance(point, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prepost_norms_agree(dtype):
+    from shared.prepost import prepost_experiment
+
+    results = {name: prepost_experiment(name, dtype=dtype) for name in BACKENDS}
+    for name in ("jax", "numpy"):
+        for field in ("pre_ln_norm", "post_ln_norm"):
+            expected, actual = getattr(results["torch"], field), getattr(results[name], field)
+            assert_close(actual, expected, f"{field} ({name} vs torch, {dtype})", point_tolerance("grad", dtype))
+    assert results["torch"].pre_ln_norm != results["torch"].post_ln_norm
