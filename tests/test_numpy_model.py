@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from numpy_impl import backend
+from numpy_impl import model as numpy_model
+from numpy_impl.layers import causal_mask, linear_backward, linear_forward
 from numpy_impl.model import GPTModel, loss_and_grads, model_forward, model_logits
 from shared.config import GPTConfig
 from shared.weights import CheckpointError, init_parameters, parameter_shapes
-from tests.test_numpy_layers import numerical_gradient
+from tests.test_numpy_layers import check_gradients, numerical_gradient
 from tests.tolerances import assert_close
 
 BASE = GPTConfig(vocab_size=11, context_length=8, d_model=16, num_heads=2, num_layers=2, dropout=0.0)
@@ -88,6 +90,83 @@ def test_model_gradients_finite_differences(config, dropout_seed):
 
     for name, param in model.params.items():
         assert_close(grads[name], numerical_gradient(loss, param), f"grad {name}", "finite-difference")
+
+
+# Finite differences of the sublayers, with a random upstream gradient.
+
+
+def block_arrays(config: GPTConfig, prefix: str) -> dict[str, np.ndarray]:
+    """Return the input x and the random float64 parameters under prefix, for check_gradients."""
+    params = random_parameters(config)
+    arrays = {name: value for name, value in params.items() if name.startswith(prefix + ".")}
+    arrays["x"] = np.random.default_rng(5).normal(size=(2, 4, config.d_model))
+    return arrays
+
+
+def dropout_rng(config: GPTConfig):
+    # A fresh generator with one seed draws the same masks on every call.
+    return np.random.default_rng(9) if config.dropout > 0 else None
+
+
+@pytest.mark.parametrize("gelu", ["tanh", "none"])
+def test_mlp_backward_finite_differences(gelu):
+    config = TINY.replace(gelu_approximation=gelu, dropout=0.2)
+    arrays = block_arrays(config, "blocks.0.mlp")
+
+    def forward(x, **params):
+        return numpy_model.mlp_forward(x, params, "blocks.0.mlp", config, dropout_rng(config))
+
+    def backward(dout, cache):
+        dx, grads = numpy_model.mlp_backward(dout, cache)
+        return {"x": dx, **grads}
+
+    check_gradients(forward, backward, arrays)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_self_attention_backward_finite_differences(use_bias):
+    config = TINY.replace(use_bias=use_bias, dropout=0.2)
+    arrays = block_arrays(config, "blocks.1.attn")
+    mask = causal_mask(config.context_length, np.float64)
+
+    def forward(x, **params):
+        return numpy_model.self_attention_forward(x, params, "blocks.1.attn", config, mask, dropout_rng(config))
+
+    def backward(dout, cache):
+        dx, grads = numpy_model.self_attention_backward(dout, cache)
+        return {"x": dx, **grads}
+
+    check_gradients(forward, backward, arrays)
+
+
+@pytest.mark.parametrize("pre_ln, dropout", [(True, 0.0), (False, 0.0), (True, 0.2), (False, 0.2)])
+def test_block_backward_finite_differences(pre_ln, dropout):
+    config = TINY.replace(pre_ln=pre_ln, dropout=dropout)
+    arrays = block_arrays(config, "blocks.0")
+    mask = causal_mask(config.context_length, np.float64)
+
+    def forward(x, **params):
+        return numpy_model.block_forward(x, params, "blocks.0", config, mask, dropout_rng(config))
+
+    def backward(dout, cache):
+        dx, grads = numpy_model.block_backward(dout, cache)
+        return {"x": dx, **grads}
+
+    check_gradients(forward, backward, arrays)
+
+
+def test_tied_head_backward_finite_differences():
+    # The tied head multiplies by the transposed embedding, a strided view.
+    arrays = {"h": np.random.default_rng(1).normal(size=(2, 3, 4)), "tok": np.random.default_rng(2).normal(size=(6, 4))}
+
+    def forward(h, tok):
+        return linear_forward(h, tok.T, None)
+
+    def backward(dout, cache):
+        dh, grads = linear_backward(dout, cache)
+        return {"h": dh, "tok": grads["weight"].T}
+
+    check_gradients(forward, backward, arrays)
 
 
 # Agreement with torch autograd.
