@@ -71,6 +71,16 @@ def generate(
 
 def stack_input_gradient_norm(model: GPTModel, x: np.ndarray, r: np.ndarray) -> float:
     """Run the blocks alone on x (B, T, C) in eval mode and return the norm of d sum(output * r) / dx."""
+    config = model.config
+    x, r = np.asarray(x), np.asarray(r)
+    if x.ndim != 3 or x.shape[-1] != config.d_model:
+        raise ValueError(f"x must have shape (batch, sequence, {config.d_model}), got shape {x.shape}")
+    if x.shape[1] > config.context_length:
+        raise ValueError(
+            f"x has sequence length {x.shape[1]} but context_length is {config.context_length}; crop it"
+        )
+    if r.shape != x.shape:
+        raise ValueError(f"r has shape {r.shape} but x has shape {x.shape}; they must match")
     hidden = np.asarray(x, dtype=model.dtype)
     caches = []
     for i in range(model.config.num_layers):

@@ -225,6 +225,28 @@ def test_activations_match_torch(torch_backend):
         assert_close(ours[name], expected[name], name, "float64")
 
 
+def test_stack_input_gradient_norm_matches_torch(torch_backend):
+    config = BASE.replace(pre_ln=False)
+    params = random_parameters(config)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 16))
+    r = rng.standard_normal((2, 5, 16))
+    ours = backend.stack_input_gradient_norm(backend.load(params, config, dtype="float64"), x, r)
+    expected = torch_backend.stack_input_gradient_norm(torch_backend.load(params, config, dtype="float64"), x, r)
+    assert_close(ours, expected, "stack input gradient norm", "float64")
+
+
+def test_stack_input_gradient_norm_checks_shapes():
+    model = backend.load(random_parameters(BASE), BASE, dtype="float64")
+    x = np.zeros((2, 5, 16))
+    with pytest.raises(ValueError, match="x must have shape"):
+        backend.stack_input_gradient_norm(model, x[..., :4], x[..., :4])
+    with pytest.raises(ValueError, match="r has shape"):
+        backend.stack_input_gradient_norm(model, x, x[:1])
+    with pytest.raises(ValueError, match="sequence length 9"):
+        backend.stack_input_gradient_norm(model, np.zeros((1, 9, 16)), np.zeros((1, 9, 16)))
+
+
 # Model rules.
 
 
