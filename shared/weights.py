@@ -238,6 +238,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
         raise CheckpointError(f"{path}: is a folder, expected a .safetensors file") from None
     except OSError as error:
         raise CheckpointError(f"{path}: cannot read file ({error.strerror})") from None
+
     if len(data) < 8:
         raise CheckpointError(f"{path}: file is {len(data)} bytes, too short to be safetensors (empty or truncated)")
     (header_length,) = struct.unpack("<Q", data[:8])
@@ -253,6 +254,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: header is not a JSON object; the file is corrupt or not safetensors")
     metadata = header.pop("__metadata__", {}) or {}
+
     body = memoryview(data)[8 + header_length :]
     tensors: dict[str, np.ndarray] = {}
     for name, entry in header.items():
@@ -315,12 +317,15 @@ def load_checkpoint_full(path: str | os.PathLike, dtype: Any = None) -> Checkpoi
     for name, array in tensors.items():
         if not np.all(np.isfinite(array)):
             bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-            raise CheckpointError(f"{path}: tensor {name} holds {bad} non-finite value(s) (NaN or inf)")
+            raise CheckpointError(f"{path}: tensor {name} contains {bad} non-finite value(s) (NaN or inf)")
     ordered = {name: _cast(params[name], dtype) for name in parameter_shapes(config)}
 
     optimizer = None
     if "optimizer" in metadata:
-        info = json.loads(metadata["optimizer"])
+        try:
+            step = int(json.loads(metadata["optimizer"])["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: optimizer metadata {metadata['optimizer']!r} is invalid; expected a step count") from None
         m, v = {}, {}
         for name, shape in parameter_shapes(config).items():
             for prefix, store in ((ADAM_M_PREFIX, m), (ADAM_V_PREFIX, v)):
@@ -330,7 +335,7 @@ def load_checkpoint_full(path: str | os.PathLike, dtype: Any = None) -> Checkpoi
                 if tensors[key].shape != shape:
                     raise CheckpointError(f"{path}: tensor {key} has shape {tensors[key].shape}, expected {shape}")
                 store[name] = _cast(tensors[key], dtype)
-        optimizer = AdamWState(step=int(info["step"]), m=m, v=v)
+        optimizer = AdamWState(step=step, m=m, v=v)
     return Checkpoint(params=ordered, config=config, metadata=user_metadata, optimizer=optimizer)
 
 

@@ -178,7 +178,7 @@ def test_non_finite_values_rejected(saved):
     tensors["final_ln.scale"] = tensors["final_ln.scale"].copy()
     tensors["final_ln.scale"][3] = np.nan
     write_safetensors(saved, tensors, metadata)
-    with pytest.raises(CheckpointError, match="final_ln.scale.*non-finite"):
+    with pytest.raises(CheckpointError, match="final_ln.scale.*contains 1 non-finite"):
         load_checkpoint(saved)
 
 
@@ -241,3 +241,15 @@ def test_crash_mid_write_leaves_old_file(saved, monkeypatch):
         save_checkpoint(saved, init_parameters(SMALL, seed=9), SMALL)
     assert saved.read_bytes() == before
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+
+
+def test_invalid_optimizer_metadata(tmp_path):
+    params = init_parameters(SMALL, seed=0)
+    zeros = {n: np.zeros_like(v) for n, v in params.items()}
+    path = tmp_path / "train.safetensors"
+    save_checkpoint(path, params, SMALL, optimizer=AdamWState(step=3, m=zeros, v=zeros))
+    tensors, metadata = read_safetensors(path)
+    metadata["optimizer"] = "{broken"
+    write_safetensors(path, tensors, metadata)
+    with pytest.raises(CheckpointError, match="optimizer metadata .* is invalid"):
+        load_checkpoint_full(path)
