@@ -18,7 +18,7 @@ def parse_token_ids(text: str) -> np.ndarray:
     """Parse "1,2,3" into a (1, T) int64 array, rejecting anything that is not a comma-separated id list."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
     if not parts:
-        raise UserError(f"--prompt-ids {text!r} holds no token ids; pass comma-separated integers such as 1,2,3")
+        raise UserError(f"--prompt-ids {text!r} contains no token ids; pass comma-separated integers such as 1,2,3")
     try:
         ids = [int(part) for part in parts]
     except ValueError:
