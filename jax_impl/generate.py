@@ -3,8 +3,8 @@ shared sampler inside the compiled steps.
 
 Each call works on one window size S: the longest window any of its steps needs, rounded up
 to a power of two and capped at context_length. Two functions are compiled per (B, S):
-`_prefill_and_sample` runs a padded window of S tokens and fills the cache, and
-`_decode_and_sample` runs one new token against the cache. So generating N tokens traces at
+a prefill step runs a padded window of S tokens and fills the cache, and a decode step runs
+one new token against the cache. So generating N tokens traces at
 most twice, and repeating a call with the same shapes traces nothing.
 
 While the sequence fits in context_length, each new token runs one decode step. Once the
@@ -19,7 +19,8 @@ model's dtype: a float32 model samples in float32, where shared.sampling compute
 from __future__ import annotations
 
 import collections
-from functools import partial
+import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,22 +64,31 @@ def sample_from_logits(
     return jnp.minimum(index, V - 1)
 
 
-@partial(jax.jit, static_argnums=0)
-def _prefill_and_sample(graphdef, params, window, length, uniforms, temperature, top_k):
-    """Run window (B, S), of which the first `length` tokens are real, sample the next token, return (token, cache)."""
-    TRACE_COUNTS["prefill"] += 1
-    model = nnx.merge(graphdef, params)
-    logits, cache = model.prefill(window, length)  # (B, V), per block 2 x (B, nh, S, hs)
-    return sample_from_logits(logits, uniforms, temperature, top_k), cache
+@functools.lru_cache(maxsize=32)
+def _compiled_steps(graphdef: Any) -> tuple[Any, Any]:
+    """Return the jitted prefill and decode steps of one model structure.
 
+    The steps close over graphdef instead of taking it as a static argument, because jit
+    would hash and compare the graph definition on every call. That took about a quarter of
+    each decode step of the benchmarks/jax_vs_torch.py model on a 2-core CPU.
+    """
 
-@partial(jax.jit, static_argnums=0, donate_argnums=2)
-def _decode_and_sample(graphdef, params, cache, token, position, uniforms, temperature, top_k):
-    """Run token (B,) at `position` over the cache, sample the next token, return (token, cache)."""
-    TRACE_COUNTS["decode"] += 1
-    model = nnx.merge(graphdef, params)
-    logits, cache = model.decode(token, cache, position)  # (B, V)
-    return sample_from_logits(logits, uniforms, temperature, top_k), cache
+    def prefill_and_sample(params, window, length, uniforms, temperature, top_k):
+        """Run window (B, S), whose first `length` tokens are real, and sample the next token."""
+        TRACE_COUNTS["prefill"] += 1
+        model = nnx.merge(graphdef, params)
+        logits, cache = model.prefill(window, length)  # (B, V), per block 2 x (B, nh, S, hs)
+        return sample_from_logits(logits, uniforms, temperature, top_k), cache
+
+    def decode_and_sample(params, cache, token, position, uniforms, temperature, top_k):
+        """Run token (B,) at `position` over the cache and sample the next token."""
+        TRACE_COUNTS["decode"] += 1
+        model = nnx.merge(graphdef, params)
+        logits, cache = model.decode(token, cache, position)  # (B, V)
+        return sample_from_logits(logits, uniforms, temperature, top_k), cache
+
+    # The decode step donates the cache, so XLA updates the buffers in place.
+    return jax.jit(prefill_and_sample), jax.jit(decode_and_sample, donate_argnums=1)
 
 
 def window_size(longest: int, context_length: int) -> int:
@@ -117,7 +127,7 @@ def generate(
     temperature_value = np.asarray(temperature, dtype=dtype)
     top_k_value = np.int32(vocab_size if top_k is None else min(top_k, vocab_size))
 
-    # New tokens stay on the device while decode steps chain them; a rebuild fetches them.
+    # New tokens stay on the device while decode steps chain them, and a rebuild fetches them.
     device_tokens: list[jax.Array] = []
     host_tokens: list[np.ndarray] = []
 
@@ -130,19 +140,20 @@ def generate(
 
     with dtype_scope(dtype):
         graphdef, params = nnx.split(model)
+        prefill_and_sample, decode_and_sample = _compiled_steps(graphdef)
         cache = None
         cached_length = 0
         for step in range(max_new_tokens):
             length = min(prompt_length + step, context)
             step_uniforms = uniforms[step].astype(dtype)  # (B,)
             if use_cache and cache is not None and length == cached_length + 1:
-                token, cache = _decode_and_sample(
-                    graphdef, params, cache, device_tokens[-1], np.int32(length - 1),
+                token, cache = decode_and_sample(
+                    params, cache, device_tokens[-1], np.int32(length - 1),
                     step_uniforms, temperature_value, top_k_value,
                 )  # fmt: skip
             else:
-                token, cache = _prefill_and_sample(
-                    graphdef, params, current_window(length), np.int32(length),
+                token, cache = prefill_and_sample(
+                    params, current_window(length), np.int32(length),
                     step_uniforms, temperature_value, top_k_value,
                 )  # fmt: skip
             cached_length = length
