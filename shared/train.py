@@ -207,20 +207,40 @@ def _load_resume_checkpoint(resume: Checkpoint | str | Path, dtype: str) -> Chec
     return checkpoint
 
 
+def _load_init_checkpoint(init_from: Checkpoint | str | Path, dtype: str) -> Checkpoint:
+    """Load the params and config that start a fresh run, dropping any optimizer state in the file."""
+    if isinstance(init_from, Checkpoint):
+        params = {name: value.astype(dtype) for name, value in init_from.params.items()}
+        checkpoint = dataclasses.replace(init_from, params=params)
+    else:
+        checkpoint = load_checkpoint_full(init_from, dtype=dtype)
+    if checkpoint.optimizer is not None:
+        logger.info(
+            "starting from the params of %s at step 0 with fresh AdamW state; its optimizer state (step %d) is not used",
+            init_from if not isinstance(init_from, Checkpoint) else "the checkpoint",
+            checkpoint.optimizer.step,
+        )
+    return dataclasses.replace(checkpoint, optimizer=None)
+
+
 def _absolute_spec(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Make the file paths of a shared.tokenizer spec absolute, so that two specs can be compared."""
     return resolve_spec(spec, folder) if spec.get("kind") in KINDS else spec
 
 
-def _check_resume_data(checkpoint: Checkpoint, checkpoint_folder: Path, corpus: Corpus) -> None:
+def _check_tokenizer(checkpoint: Checkpoint, checkpoint_folder: Path, corpus: Corpus, action: str) -> None:
     recorded_tokenizer = checkpoint.metadata.get("tokenizer")
     if recorded_tokenizer is not None and _absolute_spec(recorded_tokenizer, checkpoint_folder) != _absolute_spec(
         corpus.tokenizer, Path.cwd()
     ):
         raise DataError(
-            f"the checkpoint was trained with tokenizer {recorded_tokenizer} but the corpus uses {corpus.tokenizer}; "
-            f"resume with the same tokenizer"
+            f"the checkpoint was written with tokenizer {recorded_tokenizer} but the corpus uses {corpus.tokenizer}; "
+            f"{action} with the same tokenizer"
         )
+
+
+def _check_resume_data(checkpoint: Checkpoint, checkpoint_folder: Path, corpus: Corpus) -> None:
+    _check_tokenizer(checkpoint, checkpoint_folder, corpus, "resume")
     recorded_data = checkpoint.metadata.get("data") or {}
     if recorded_data.get("sha256") not in (None, corpus.sha256):
         logger.warning(
@@ -284,11 +304,20 @@ def _prepare_out_dir(out_dir: Path, resume: Checkpoint | str | Path | None, star
 
 
 def _build_model_and_trainer(
-    backend: Any, config: GPTConfig, settings: TrainSettings, checkpoint: Checkpoint | None
+    backend: Any,
+    config: GPTConfig,
+    settings: TrainSettings,
+    checkpoint: Checkpoint | None,
+    initial_params: dict[str, np.ndarray] | None = None,
 ) -> tuple[Any, Any]:
-    """Load a fresh initialisation (seed settings.seed) or the checkpoint's params and AdamW state."""
+    """Load the checkpoint's params and AdamW state, or start fresh AdamW state on initial_params.
+
+    initial_params=None on a fresh run draws the initialisation from settings.seed.
+    """
     if checkpoint is None:
-        params = init_parameters(config, seed=settings.seed, dtype=np.dtype(settings.dtype))
+        params = initial_params
+        if params is None:
+            params = init_parameters(config, seed=settings.seed, dtype=np.dtype(settings.dtype))
         model = backend.load(params, config, dtype=settings.dtype)
         return model, backend.make_trainer(model, settings.adamw(), seed=settings.seed)
     model = backend.load(checkpoint.params, config, dtype=settings.dtype)
@@ -308,6 +337,7 @@ def train(
     *,
     config: GPTConfig | None = None,
     resume: Checkpoint | str | Path | None = None,
+    init_from: Checkpoint | str | Path | None = None,
     corpus: Corpus | None = None,
     stop_at: int | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
@@ -316,11 +346,13 @@ def train(
 ) -> TrainResult:
     """Train a model and write out_dir/metrics.jsonl and out_dir/last.safetensors.
 
-    A fresh run needs config and initialises the params from settings.seed. A resumed run
-    takes config, params, AdamW state and step count from `resume` (a path or a loaded
-    Checkpoint). Training stops after step stop_at (default settings.steps), so a run can
-    be split into segments on different backends without changing its schedule.
-    corpus defaults to load_corpus(), the default corpus in bytes.
+    A fresh run needs config and initialises the params from settings.seed, or takes config
+    and params from `init_from` (a path or a loaded Checkpoint, such as the weights-only
+    file of `trigpt init` or `trigpt convert`) and starts at step 0 with fresh AdamW state.
+    A resumed run takes config, params, AdamW state and step count from `resume`. Training
+    stops after step stop_at (default settings.steps), so a run can be split into segments
+    on different backends without changing its schedule. corpus defaults to load_corpus(),
+    the default corpus in bytes.
 
     callback(record) runs after every step with the metrics line of that step. Ctrl-C, or
     a KeyboardInterrupt from the callback, saves a checkpoint of the last completed step
@@ -332,14 +364,23 @@ def train(
     metrics_path = out_dir / METRICS_NAME
 
     checkpoint = None
+    init_checkpoint = None
+    if resume is not None and init_from is not None:
+        raise ValueError("pass either resume= (continue a run) or init_from= (start a run from its params), not both")
     if resume is not None:
         checkpoint = _load_resume_checkpoint(resume, settings.dtype)
         if config is not None and config != checkpoint.config:
             raise ValueError("config differs from the resumed checkpoint's config; a resumed run keeps its model config")
         config = checkpoint.config
         start_step = checkpoint.optimizer.step
+    elif init_from is not None:
+        init_checkpoint = _load_init_checkpoint(init_from, settings.dtype)
+        if config is not None and config != init_checkpoint.config:
+            raise ValueError("config differs from the init_from checkpoint's config; the checkpoint fixes the model config")
+        config = init_checkpoint.config
+        start_step = 0
     elif config is None:
-        raise ValueError("a fresh run needs a config; pass config= or resume= a checkpoint")
+        raise ValueError("a fresh run needs a config; pass config=, init_from= or resume= a checkpoint")
     else:
         start_step = 0
     stop_step = settings.steps if stop_at is None else stop_at
@@ -356,9 +397,13 @@ def train(
     if checkpoint is not None:
         checkpoint_folder = Path(resume).parent if isinstance(resume, (str, Path)) else Path.cwd()
         _check_resume_data(checkpoint, checkpoint_folder, corpus)
+    if init_checkpoint is not None:
+        init_folder = Path(init_from).parent if isinstance(init_from, (str, Path)) else Path.cwd()
+        _check_tokenizer(init_checkpoint, init_folder, corpus, "train")
 
     _prepare_out_dir(out_dir, resume, start_step, overwrite)
-    model, trainer = _build_model_and_trainer(backend, config, settings, checkpoint)
+    initial_params = None if init_checkpoint is None else init_checkpoint.params
+    model, trainer = _build_model_and_trainer(backend, config, settings, checkpoint, initial_params)
     eval_set = validation_batches(corpus.validation, settings.batch_size, config.context_length, settings.eval_batches)
     tokens_per_step = settings.batch_size * config.context_length
 
@@ -506,15 +551,23 @@ def run_train(args: argparse.Namespace) -> int:
     from shared.commands import config_from_args
 
     checkpoint = None
+    init_checkpoint = None
     config = None
     recorded: dict[str, Any] = {}
-    if args.resume is not None:
+    if args.resume is not None and args.init_from is not None:
+        raise UserError("--resume and --init-from cannot be combined: --resume continues a run, --init-from starts one")
+    source_option = "--resume" if args.resume is not None else "--init-from" if args.init_from is not None else None
+    if source_option is not None:
         model_options = [name for name in _MODEL_OPTIONS if getattr(args, name) is not None]
         if model_options:
             options = ", ".join("--" + name.replace("_", "-") for name in model_options)
-            raise UserError(f"{options} cannot be combined with --resume, because the checkpoint fixes the model config")
+            raise UserError(f"{options} cannot be combined with {source_option}, because the checkpoint fixes the model config")
+    if args.resume is not None:
         checkpoint = load_checkpoint_full(args.resume)
         recorded = dict(checkpoint.metadata.get("training") or {})
+    elif args.init_from is not None:
+        # Only the params and config are taken; the training options start from their defaults.
+        init_checkpoint = load_checkpoint_full(args.init_from)
     else:
         if args.preset is None:
             args.preset = "tiny"
@@ -526,7 +579,11 @@ def run_train(args: argparse.Namespace) -> int:
         text = (checkpoint.metadata.get("data") or {}).get("text_path")
         if text is not None and not Path(text).exists():
             raise UserError(f"the checkpoint was trained on {text}, which was not found; pass its new path with --text")
-    tokenizer = None if checkpoint is None else checkpoint_tokenizer(checkpoint.metadata, checkpoint.config, args.resume)
+    tokenizer = None
+    if checkpoint is not None:
+        tokenizer = checkpoint_tokenizer(checkpoint.metadata, checkpoint.config, args.resume)
+    elif init_checkpoint is not None:
+        tokenizer = checkpoint_tokenizer(init_checkpoint.metadata, init_checkpoint.config, args.init_from)
     corpus = load_corpus(text, tokenizer=tokenizer)
 
     try:
@@ -536,6 +593,7 @@ def run_train(args: argparse.Namespace) -> int:
             args.out,
             config=config,
             resume=args.resume if checkpoint is not None else None,
+            init_from=args.init_from if init_checkpoint is not None else None,
             corpus=corpus,
             stop_at=args.stop_at,
             progress=not args.no_progress,
@@ -572,6 +630,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backend", default="torch", choices=list(BACKENDS), help="framework to train with (default: torch)")
     parser.add_argument("--out", type=Path, required=True, help="run folder for last.safetensors and metrics.jsonl")
     parser.add_argument("--resume", type=Path, help="checkpoint written by `trigpt train` with any backend")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        help="start a fresh run (step 0, fresh AdamW state) from the params and config of this checkpoint, "
+        "for example one written by `trigpt init` or `trigpt convert`",
+    )
     parser.add_argument("--text", type=Path, help="UTF-8 text file to train on (default: the Python language reference from pydoc_data)")
     parser.add_argument("--stop-at", type=int, help="stop after this step without changing the schedule (default: --steps)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")

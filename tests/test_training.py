@@ -332,6 +332,43 @@ def test_weights_only_checkpoint_cannot_resume(tmp_path, corpus):
         train("torch", SETTINGS, tmp_path / "run", resume=path, corpus=corpus)
 
 
+def test_init_from_weights_only_checkpoint(tmp_path, corpus):
+    params = init_parameters(CONFIG, seed=7)
+    path = tmp_path / "init.safetensors"
+    save_checkpoint(path, params, CONFIG, metadata={"tokenizer": {"kind": "bytes"}})
+    result = train("torch", SETTINGS.replace(steps=3), tmp_path / "run", init_from=path, corpus=corpus)
+    assert (result.start_step, result.end_step) == (0, 3)
+    # The first loss is computed before the first update, so it is the loss of the file's params.
+    backend = get_backend("torch")
+    inputs, targets = shared.train.get_batch(corpus.train, SETTINGS.batch_size, CONFIG.context_length, SETTINGS.seed, 0)
+    expected_loss, _ = backend.loss_and_grads(backend.load(params, CONFIG), inputs, targets)
+    assert_close(result.losses[0], expected_loss, "first loss after init_from", "float32")
+    final = load_checkpoint_full(result.checkpoint_path)
+    assert final.config == CONFIG
+    assert final.optimizer.step == 3
+
+
+def test_init_from_training_checkpoint_restarts_at_zero(tmp_path, runs):
+    half = runs.half("torch", "float32")
+    result = train("torch", SETTINGS.replace(steps=2), tmp_path, init_from=half, corpus=runs.corpus)
+    assert (result.start_step, result.end_step) == (0, 2)
+    assert load_checkpoint_full(result.checkpoint_path).optimizer.step == 2
+
+
+def test_init_from_and_resume_exclusive(tmp_path, runs):
+    half = runs.half("torch", "float32")
+    with pytest.raises(ValueError, match="not both"):
+        train("torch", SETTINGS, tmp_path, init_from=half, resume=half, corpus=runs.corpus)
+
+
+def test_init_from_rejects_other_config(tmp_path, corpus):
+    path = tmp_path / "init.safetensors"
+    save_checkpoint(path, init_parameters(CONFIG), CONFIG)
+    other = CONFIG.replace(d_model=64)
+    with pytest.raises(ValueError, match="config differs from the init_from checkpoint's config"):
+        train("torch", SETTINGS, tmp_path / "run", config=other, init_from=path, corpus=corpus)
+
+
 def test_finished_run_has_nothing_to_train(tmp_path, runs):
     finished = runs.full("torch", "float32").checkpoint_path
     with pytest.raises(ValueError, match="nothing to train: the run is at step 20 and would stop at step 20"):
@@ -426,6 +463,33 @@ def test_cli_resume_rejects_model_options(tmp_path, capsys, runs):
     assert "--preset, --d-model cannot be combined with --resume" in error
 
 
+def test_cli_init_from_trigpt_init(tmp_path, capsys):
+    init_path = tmp_path / "init.safetensors"
+    assert main(["init", *CLI_MODEL, "--seed", "3", "-o", str(init_path)]) == 0
+    out = tmp_path / "run"
+    assert main(["train", "--init-from", str(init_path), "--out", str(out), "--steps", "2", *CLI_SETTINGS]) == 0
+    assert "steps 0 -> 2 of 2" in capsys.readouterr().out
+    final = load_checkpoint_full(out / "last.safetensors")
+    assert final.config == load_checkpoint_full(init_path).config
+    assert final.optimizer.step == 2
+
+
+def test_cli_init_from_rejects_model_options(tmp_path, capsys):
+    init_path = tmp_path / "init.safetensors"
+    save_checkpoint(init_path, init_parameters(CONFIG), CONFIG)
+    arguments = ["train", "--init-from", str(init_path), "--out", str(tmp_path / "run"), "--num-layers", "3"]
+    assert main(arguments) == 2
+    assert "--num-layers cannot be combined with --init-from" in capsys.readouterr().err
+
+
+def test_cli_init_from_with_resume_rejected(tmp_path, capsys):
+    init_path = tmp_path / "init.safetensors"
+    save_checkpoint(init_path, init_parameters(CONFIG), CONFIG)
+    arguments = ["train", "--init-from", str(init_path), "--resume", str(init_path), "--out", str(tmp_path / "run")]
+    assert main(arguments) == 2
+    assert "--resume and --init-from cannot be combined" in capsys.readouterr().err
+
+
 def text_file(tmp_path, kind):
     path = tmp_path / f"{kind}.txt"
     if kind == "empty":
@@ -498,6 +562,6 @@ def test_cli_help_lists_train_options(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     help_text = capsys.readouterr().out
-    for option in ("--resume", "--steps", "--warmup-steps", "--min-lr-ratio", "--max-grad-norm", "--eval-interval",
+    for option in ("--resume", "--init-from", "--steps", "--warmup-steps", "--min-lr-ratio", "--max-grad-norm", "--eval-interval",
                    "--checkpoint-interval", "--text", "--dtype", "--stop-at"):
         assert option in help_text
