@@ -2,7 +2,7 @@
 
 from jax_impl.convert import from_canonical, to_canonical
 from jax_impl.generate import generate
-from jax_impl.model import GPT, Block, CausalSelfAttention, FeedForward, LayerNorm
+from jax_impl.model import GPT, Block, CausalSelfAttention, FeedForward, LayerNorm, Linear, matmul
 from jax_impl.train import Trainer
 
 __all__ = [
@@ -11,6 +11,8 @@ __all__ = [
     "CausalSelfAttention",
     "FeedForward",
     "LayerNorm",
+    "Linear",
+    "matmul",
     "Trainer",
     "generate",
     "from_canonical",

@@ -4,6 +4,7 @@ Dimension legend, used in the shape comments below:
     B  batch size            T  query positions         S  key positions
     C  d_model               V  vocabulary size         nh number of heads
     hs head size (C // nh)   H  MLP hidden size (mlp_expansion * C)
+    I, O input and output features of a linear layer     N  rows of a flattened batch (B * T)
 
 Flax defaults that differ from trigpt's rules are set here once. LayerNorm is our own module,
 because nnx.LayerNorm defaults to eps 1e-6 and trigpt takes eps from the config. The GELU form
@@ -189,7 +190,7 @@ class FeedForward(nnx.Module):
         self.fc1 = Linear(C, H, use_bias=config.use_bias, std=INIT_STD, dtype=dtype, precision=precision, rngs=rngs)
         self.fc2 = Linear(H, C, use_bias=config.use_bias, std=residual_std, dtype=dtype, precision=precision, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout)
-        # jax.nn.gelu defaults to the tanh form; trigpt's config names the form explicitly.
+        # jax.nn.gelu defaults to the tanh form, so the config's form is passed explicitly.
         self.approximate = config.gelu_approximation == "tanh"
 
     def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
@@ -232,7 +233,7 @@ class GPT(nnx.Module):
     """GPT-2-style decoder: embeddings, a stack of blocks, a final LayerNorm and a bias-free head.
 
     With weight tying the head reads tok_embed's matrix and there is no lm_head parameter.
-    Constructing the module draws the GPT-2 initialisation from Flax initialisers; the backend
+    Constructing the module draws the GPT-2 initialisation from Flax initialisers. The backend
     instead builds an abstract module and fills it from canonical parameters (jax_impl.convert).
     """
 
@@ -305,7 +306,7 @@ class GPT(nnx.Module):
     def prefill(self, tokens: jax.Array, length: jax.Array) -> tuple[jax.Array, tuple[LayerCache, ...]]:
         """Fill a KV cache from a window of tokens (B, S) at positions 0..S-1, in eval mode.
 
-        Only the first `length` tokens are real; the rest is padding that the causal mask
+        Only the first `length` tokens are real. The rest is padding, which the causal mask
         keeps away from them. Returns the logits at position length - 1 (B, V) and each
         block's keys and values (B, nh, S, hs), which serve as cache buffers of S slots.
         """

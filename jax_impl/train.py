@@ -24,12 +24,12 @@ from shared.weights import check_parameters
 from jax_impl.convert import canonical_name, canonical_to_state, dtype_scope, state_to_canonical
 from jax_impl.model import GPT, cross_entropy
 
-# The hyperparameters fixed when the optimizer is built; only the learning rate is injected.
+# The hyperparameters fixed when the optimizer is built. Only the learning rate is injected.
 _STATIC_HYPERPARAMETERS = ("b1", "b2", "eps", "eps_root", "weight_decay", "mask", "mu_dtype", "nesterov")
 
 
 def decay_mask(params: nnx.State) -> nnx.State:
-    """Return a state shaped like params holding True where AdamW applies weight decay."""
+    """Return a state shaped like params that is True where AdamW applies weight decay."""
     flat = [
         (path, variable.replace(applies_weight_decay(canonical_name(path), tuple(variable.shape))))
         for path, variable in nnx.to_flat_state(params)
