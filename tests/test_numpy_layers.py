@@ -131,6 +131,36 @@ def test_attention_backward_finite_differences(num_heads, length):
     check_gradients(forward, backward, arrays)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_attention_head_groups_finite_differences(monkeypatch, dropout):
+    # Groups of two (T, T) score blocks: the B * nh = 6 pairs run as three groups of 2.
+    monkeypatch.setattr(layers, "_ATTENTION_BLOCK_ELEMENTS", 2 * 4 * 4 + 1)
+    assert [(g.start, g.stop) for g in layers._head_groups(6, 4)] == [(0, 2), (2, 4), (4, 6)]
+    mask = layers.causal_mask(8, np.float64)
+    arrays = {"qkv": normal(2, 4, 18)}
+
+    def forward(qkv):
+        rng = np.random.default_rng(7) if dropout else None
+        return layers.attention_forward(qkv, 3, mask, dropout, rng)
+
+    def backward(dout, cache):
+        return {"qkv": layers.attention_backward(dout, cache)}
+
+    check_gradients(forward, backward, arrays)
+
+
+def test_attention_head_groups_do_not_change_result(monkeypatch):
+    qkv = normal(2, 5, 18)
+    mask = layers.causal_mask(8, np.float64)
+    whole, cache = layers.attention_forward(qkv, 3, mask, 0.0, None)
+    upstream = normal(2, 3, 5, 2, seed=4)
+    whole_grad = layers.attention_backward(upstream, cache)
+    monkeypatch.setattr(layers, "_ATTENTION_BLOCK_ELEMENTS", 4 * 5 * 5)  # groups of 4 and 2 pairs
+    grouped, cache = layers.attention_forward(qkv, 3, mask, 0.0, None)
+    np.testing.assert_allclose(grouped, whole, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(layers.attention_backward(upstream, cache), whole_grad, rtol=1e-14, atol=1e-15)
+
+
 def test_attention_dropout_backward_finite_differences():
     mask = layers.causal_mask(8, np.float64)
     arrays = {"qkv": normal(2, 5, 12)}
@@ -155,8 +185,10 @@ def test_merge_heads_backward_finite_differences():
 
 
 @pytest.mark.parametrize("approximation", ["tanh", "none"])
-def test_gelu_backward_finite_differences(approximation):
-    arrays = {"x": normal(3, 7, scale=2.5)}
+def test_gelu_backward_finite_differences(monkeypatch, approximation):
+    # Row blocks of 2 rows over 5 rows: the last block is shorter.
+    monkeypatch.setattr(layers, "_BLOCK_ELEMENTS", 14)
+    arrays = {"x": normal(5, 7, scale=2.5)}
 
     def backward(dout, cache):
         return {"x": layers.gelu_backward(dout, cache)}
