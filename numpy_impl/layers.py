@@ -14,6 +14,7 @@ Dimension legend:
     B  batch size            T  sequence length        C  d_model
     V  vocabulary size       nh number of heads        hs head size (C // nh)
     N  number of rows of a linear layer's input (B * T)
+    G  number of (batch, head) pairs in one attention group
 """
 
 from __future__ import annotations
