@@ -13,10 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all,dev]"
 	touch $(STAMP)
 
+# Trains one model across torch, JAX and NumPy and checks them against each other (runs/demo).
 demo: $(STAMP)
-	mkdir -p runs
-	$(BIN)/trigpt init --preset tiny --seed 0 -o runs/init.safetensors
-	$(BIN)/trigpt generate runs/init.safetensors --backend torch --prompt-ids 1,2,3 --max-new-tokens 20 --seed 42
+	$(BIN)/trigpt demo
 
 # The fast suite; slow tests run in test-slow, and CI runs both.
 test: $(STAMP)

@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "shared.compare",
     "shared.convert",
     "shared.bench",
+    "shared.demo",
 ]
 
 
