@@ -22,6 +22,68 @@ from shared.weights import INIT_STD, is_residual_projection
 _GELU_FORMS = {"tanh": "tanh", "none": "none"}
 
 
+def onednn_linear_available() -> bool:
+    """Say whether this torch build can run float32 linear layers through oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Return x @ weight.T + bias for 2-D float32 x (N, in) and weight (out, in), computed by oneDNN."""
+    # A private torch op. In torch 2.13, float32 torch.mm and F.linear call MKL's sgemm unless
+    # reduced-precision matmul is allowed (seen with MKL_VERBOSE=1 and ONEDNN_VERBOSE=1).
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _OneDNNLinearFunction(torch.autograd.Function):
+    """A float32 linear layer whose forward and backward GEMMs all run in oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        rows = x.reshape(-1, x.shape[-1])  # (..., in) -> (N, in)
+        y = _onednn_linear(rows, weight, bias)  # (N, in) @ (in, out) -> (N, out)
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        rows = x.reshape(-1, x.shape[-1])  # (N, in)
+        drows = dy.reshape(-1, dy.shape[-1])  # (N, out)
+        dx = dweight = dbias = None
+        if ctx.needs_input_grad[0]:
+            dx = _onednn_linear(drows, weight.t().contiguous(), None).view(x.shape)  # (N, out) @ (out, in) -> (N, in)
+        if ctx.needs_input_grad[1]:
+            dweight = _onednn_linear(drows.t().contiguous(), rows.t().contiguous(), None)  # (out, N) @ (N, in) -> (out, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            dbias = drows.sum(0)  # (out,)
+        return dx, dweight, dbias
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose float32 GEMMs can run in oneDNN instead of MKL, a runtime option that is off by default.
+
+    On an AMD CPU, MKL's sgemm runs its AVX2 code, while oneDNN uses AVX-512 where the CPU has
+    it. On an Intel CPU, MKL uses AVX-512 itself. float64 and non-CPU tensors always take
+    nn.Linear's path.
+    NOTE: on a 2-core Intel Xeon this path was no faster than MKL; a gain on AMD CPUs is
+    expected from their GEMM rates but has not been measured with this layer.
+    """
+
+    onednn = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onednn and x.dtype == torch.float32 and x.device.type == "cpu":
+            return _OneDNNLinearFunction.apply(x, self.weight, self.bias)
+        return super().forward(x)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm over the last axis with biased variance, as in GPT-2 and the other backends."""
 
@@ -58,8 +120,8 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         self.num_heads = config.num_heads
         self.head_size = config.head_size
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.use_bias)
-        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=config.use_bias)
+        self.qkv = Linear(config.d_model, 3 * config.d_model, bias=config.use_bias)
+        self.out_proj = Linear(config.d_model, config.d_model, bias=config.use_bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
@@ -108,8 +170,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(config.d_model, config.d_mlp, bias=config.use_bias)
-        self.fc2 = nn.Linear(config.d_mlp, config.d_model, bias=config.use_bias)
+        self.fc1 = Linear(config.d_model, config.d_mlp, bias=config.use_bias)
+        self.fc2 = Linear(config.d_mlp, config.d_model, bias=config.use_bias)
         self.dropout = nn.Dropout(config.dropout)
         self.gelu_approximation = _GELU_FORMS[config.gelu_approximation]
 
@@ -150,7 +212,7 @@ class GPTModel(nn.Module):
         self.embed_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
         self.final_ln = LayerNorm(config.d_model, config.layer_norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.weight_tying:
             # One Parameter, two users: the head's gradient lands in the embedding's.
             self.lm_head.weight = self.tok_embed.weight
@@ -172,6 +234,17 @@ class GPTModel(nn.Module):
         """Switch every block between the explicit attention and F.scaled_dot_product_attention."""
         for block in self.blocks:
             block.attn.fused = fused
+
+    def set_onednn_linear(self, enabled: bool) -> None:
+        """Run the float32 GEMMs of every linear layer, the head included, through oneDNN (or back through MKL)."""
+        if enabled and not onednn_linear_available():
+            raise RuntimeError(
+                f"torch {torch.__version__} has no oneDNN linear op (torch.ops.mkldnn._linear_pointwise); "
+                "leave set_onednn_linear off"
+            )
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.onednn = enabled
 
     def check_input(self, tokens: torch.Tensor, name: str = "tokens", allow_long: bool = False) -> None:
         """Raise ValueError unless tokens is an integer (B, T) tensor of in-range ids that fits the context."""
