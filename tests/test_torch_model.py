@@ -17,7 +17,7 @@ from torch_impl import (
     to_canonical,
     top_k_filter,
 )
-from torch_impl.model import KVCache
+from torch_impl.model import KVCache, onednn_linear_available
 
 CONFIG = GPTConfig(vocab_size=50, context_length=12, d_model=16, num_heads=2, num_layers=2, dropout=0.0)
 
@@ -123,6 +123,27 @@ def test_fused_attention_matches_explicit(pre_ln):
     model.set_fused_attention(True)
     fused = model(x)
     assert_close(fused.detach().numpy(), explicit.detach().numpy(), "fused attention logits", "float64")
+
+
+@pytest.mark.skipif(not onednn_linear_available(), reason="this torch build has no oneDNN linear op")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_onednn_linear_matches_default(dtype):
+    config = CONFIG.replace(d_model=64, num_heads=4)
+    backend = get_backend("torch")
+    params = init_parameters(config, seed=0, dtype=np.dtype(dtype))
+    x = tokens(length=12).numpy()
+    reference = backend.load(params, config, dtype=dtype)
+    onednn = backend.load(params, config, dtype=dtype)
+    onednn.set_onednn_linear(True)
+
+    expected_loss, expected_grads = backend.loss_and_grads(reference, x, x)
+    loss, grads = backend.loss_and_grads(onednn, x, x)
+    assert_close(loss, expected_loss, "loss", dtype)
+    for name, expected in expected_grads.items():
+        assert_close(grads[name], expected, f"grad {name}", f"{dtype}-grad" if dtype == "float32" else dtype)
+    if dtype == "float64":
+        # oneDNN has no float64 GEMM, so float64 takes nn.Linear's path and matches bit for bit.
+        assert loss == expected_loss
 
 
 def test_kv_cache_steps_match_full_forward():
