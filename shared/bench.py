@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -63,6 +64,7 @@ class Variant:
     backend: str
     description: str
     fused_attention: bool = False
+    onednn_linear: bool = False
 
 
 VARIANTS = {
@@ -70,11 +72,14 @@ VARIANTS = {
     for variant in (
         Variant("torch", "torch", "torch eager, explicit attention (the reference)"),
         Variant("torch-sdpa", "torch", "torch eager, F.scaled_dot_product_attention", fused_attention=True),
+        Variant("torch-onednn", "torch", "torch eager, linear layers through oneDNN", onednn_linear=True),
         Variant("jax", "jax", "JAX/Flax NNX under jax.jit"),
         Variant("numpy", "numpy", "NumPy with a hand-written backward"),
     )
 }
 REFERENCE_VARIANT = "torch"
+# torch-onednn runs only when asked: on CPUs where MKL already uses AVX-512 it measured no faster.
+DEFAULT_VARIANTS = ("torch", "torch-sdpa", "jax", "numpy")
 
 # Ways to run one float32 GEMM, and the framework each needs.
 GEMM_PATHS = {
@@ -107,10 +112,11 @@ class Settings:
     gen_repeats: int = 3
     gemm_size: int = 2048
     gemm_repeats: int = 10
+    min_warmup_s: float = 2.0
     timeout_s: float = 900.0
 
 
-QUICK_SETTINGS = dict(repeats=2, warmup=1, new_tokens=32, gen_repeats=1, gemm_repeats=5)
+QUICK_SETTINGS = dict(repeats=2, warmup=1, new_tokens=32, gen_repeats=1, gemm_repeats=5, min_warmup_s=0.5)
 
 
 @dataclass(frozen=True)
@@ -167,19 +173,30 @@ class CompileClock:
 
 
 def time_phase(
-    call: Callable[[], object], tokens: int, warmup: int, repeats: int, clock: CompileClock | None = None
+    call: Callable[[], object],
+    tokens: int,
+    warmup: int,
+    repeats: int,
+    min_warmup_s: float,
+    clock: CompileClock | None = None,
 ) -> dict[str, Any]:
-    """Time `call`: once cold, `warmup` more times untimed, then `repeats` timed calls.
+    """Time `call`: once cold, then untimed until `warmup` more calls and `min_warmup_s` have
+    passed, then `repeats` timed calls.
 
-    `call` must return only after its work is done; every backend function returns numpy
+    The time floor is there because a fresh process runs its first calls several times slower
+    while the allocator still maps new memory on each call. On the 2-core VM of this project,
+    a tiny-config torch forward took 0.95 s for each of its first 5 calls and 0.06 s after.
+    `call` must return only after its work is done. Every backend function returns numpy
     arrays or floats, which waits for JAX's asynchronous dispatch.
     """
     compile_start = clock.seconds if clock else 0.0
     start = time.perf_counter()
     call()
     first_s = time.perf_counter() - start
-    for _ in range(warmup):
+    warmup_calls = 0
+    while warmup_calls < warmup or time.perf_counter() - start < min_warmup_s:
         call()
+        warmup_calls += 1
     compile_before_repeats = clock.seconds if clock else 0.0
 
     times = []
@@ -193,6 +210,7 @@ def time_phase(
     result: dict[str, Any] = {
         "tokens": tokens,
         "first_s": first_s,
+        "warmup_calls": warmup_calls,
         "times_s": times,
         "median_s": median_s,
         "min_s": min_s,
@@ -241,6 +259,45 @@ def openblas_core_name() -> str | None:
     return None
 
 
+def native_output(call: Callable[[], object]) -> str:
+    """Run call and return what native code printed to file descriptor 1 meanwhile (MKL and oneDNN verbose lines)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 1)
+        try:
+            call()
+        finally:
+            libc.fflush(None)  # C stdio buffers output to a file until flushed
+            os.dup2(saved, 1)
+            os.close(saved)
+        capture.seek(0)
+        return capture.read().decode(errors="replace")
+
+
+def torch_gemm_kernel(path: str, call: Callable[[], object]) -> str:
+    """Name the library and instruction set that one torch GEMM call runs, from the library's verbose output."""
+    import torch
+
+    if path == "torch":
+        with torch.backends.mkl.verbose(torch.backends.mkl.VERBOSE_ON):
+            text = native_output(call)
+        # e.g. "... Intel(R) Advanced Vector Extensions 512 (Intel(R) AVX-512) ..."
+        match = re.search(r"\(Intel\(R\) (AVX[\w-]*)\)", text)
+        library = "MKL sgemm" if "MKL_VERBOSE" in text else "BLAS (no MKL verbose output)"
+    else:
+        with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+            text = native_output(call)
+        # e.g. "onednn_verbose,v1,primitive,exec,cpu,inner_product,brg_matmul:avx512_core,..."
+        match = re.search(r"primitive,exec,cpu,[^,]*,([^,]+),", text)
+        library = "oneDNN"
+    code_path = match.group(1) if match else "code path unknown"
+    return f"{library}, {code_path}, {torch.get_num_threads()} threads"
+
+
 def gemm_function(path: str, size: int) -> tuple[Callable[[], object], str | None]:
     """Build a call that multiplies two random float32 (size, size) matrices; return it and the kernel's name."""
     rng = np.random.default_rng(0)
@@ -254,13 +311,14 @@ def gemm_function(path: str, size: int) -> tuple[Callable[[], object], str | Non
     if framework == "torch":
         import torch
 
-        blas = "MKL" if torch.backends.mkl.is_available() else "BLAS"
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         if path == "torch":
-            return (lambda: torch.mm(ta, tb)), f"{blas}, {torch.get_num_threads()} threads"
-        weight = tb.t().contiguous()  # (N, K): a linear layer's weight, so a @ weight.T == a @ b
-        linear = torch.ops.mkldnn._linear_pointwise
-        return (lambda: linear(ta, weight, None, "none", [], "")), f"oneDNN, {torch.get_num_threads()} threads"
+            call = lambda: torch.mm(ta, tb)  # noqa: E731
+        else:
+            weight = tb.t().contiguous()  # (N, K): a linear layer's weight, so a @ weight.T == a @ b
+            linear = torch.ops.mkldnn._linear_pointwise
+            call = lambda: linear(ta, weight, None, "none", [], "")  # noqa: E731
+        return call, torch_gemm_kernel(path, call)
 
     import jax
     import jax.numpy as jnp
@@ -274,7 +332,7 @@ def measure_gemm(path: str, settings: Settings) -> dict[str, Any]:
     """Time one float32 GEMM path and return its GFLOP/s."""
     call, kernel = gemm_function(path, settings.gemm_size)
     flops = 2.0 * settings.gemm_size**3
-    timing = time_phase(call, tokens=1, warmup=2, repeats=settings.gemm_repeats)
+    timing = time_phase(call, 1, 2, settings.gemm_repeats, settings.min_warmup_s)
     return {
         "kernel": kernel,
         "size": settings.gemm_size,
@@ -289,6 +347,8 @@ def apply_variant(variant: Variant, model: object) -> None:
     """Switch the runtime options of a variant on a loaded model."""
     if variant.fused_attention:
         model.set_fused_attention(True)
+    if variant.onednn_linear:
+        model.set_onednn_linear(True)
 
 
 def measure_backend(variant: Variant, config: GPTConfig, settings: Settings) -> dict[str, Any]:
@@ -317,12 +377,13 @@ def measure_backend(variant: Variant, config: GPTConfig, settings: Settings) -> 
 
         result["threads"] = torch.get_num_threads()
 
+    warmup, repeats, min_warmup_s = settings.warmup, settings.repeats, settings.min_warmup_s
     result["forward"] = time_phase(
-        lambda: backend.forward(model, tokens), B * T, settings.warmup, settings.repeats, clock
+        lambda: backend.forward(model, tokens), B * T, warmup, repeats, min_warmup_s, clock
     )
     trainer = backend.make_trainer(model, AdamWConfig())
     result["train_step"] = time_phase(
-        lambda: trainer.step(tokens, targets, 1e-4), B * T, settings.warmup, settings.repeats, clock
+        lambda: trainer.step(tokens, targets, 1e-4), B * T, warmup, repeats, min_warmup_s, clock
     )
 
     new_tokens = generation_length(config, settings)
@@ -331,8 +392,9 @@ def measure_backend(variant: Variant, config: GPTConfig, settings: Settings) -> 
         result[key] = time_phase(
             lambda: backend.generate(model, prompt, new_tokens, seed=0, use_cache=use_cache),
             settings.gen_batch * new_tokens,
-            0,  # the cold first call is the warm-up
+            0,  # the cold first call is the warm-up, extended to min_warmup_s
             settings.gen_repeats,
+            settings.min_warmup_s,
             clock,
         )
     result["peak_rss_mib"] = peak_rss_mib()
@@ -374,23 +436,61 @@ def worker_environment(unset: tuple[str, ...] = ()) -> dict[str, str]:
     return env
 
 
+def cpu_busy_seconds() -> float | None:
+    """Return the CPU seconds that all processes have spent busy since boot, summed over CPUs (Linux only)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal; guest time is already inside user.
+    ticks = [int(value) for value in fields[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """Return the user plus system CPU seconds of the child processes that have been waited for."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_worker(task: dict[str, Any], timeout_s: float, unset: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run one task in a fresh Python process and return its result, or {"error": ...}."""
+    """Run one task in a fresh Python process and return its result, or {"error": ...}.
+
+    The result also gets "other_cpu_share": the fraction of all CPU time that processes other
+    than the worker used while it ran. Above a few percent, the worker's times are inflated.
+    """
     with tempfile.TemporaryDirectory(prefix="trigpt-bench-") as folder:
         task_path = Path(folder) / "task.json"
         result_path = Path(folder) / "result.json"
         task_path.write_text(json.dumps(task))
         command = [sys.executable, "-m", "shared.bench", "--worker", str(task_path), str(result_path)]
+        busy_before, own_before = cpu_busy_seconds(), children_cpu_seconds()
+        start = time.perf_counter()
         try:
             process = subprocess.run(
                 command, env=worker_environment(unset), capture_output=True, text=True, timeout=timeout_s
             )
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout_s:.0f} s; raise --timeout or use smaller sizes"}
+        wall_s = time.perf_counter() - start
+        busy_after, own_after = cpu_busy_seconds(), children_cpu_seconds()
+
         if process.returncode != 0 or not result_path.exists():
             lines = process.stderr.strip().splitlines() or ["no output"]
             return {"error": f"worker failed with exit status {process.returncode}: {lines[-1]}"}
-        return json.loads(result_path.read_text())
+        result = json.loads(result_path.read_text())
+        result["wall_s"] = wall_s
+        result["other_cpu_share"] = None
+        if busy_before is not None and busy_after is not None:
+            other = (busy_after - busy_before) - (own_after - own_before)
+            result["other_cpu_share"] = max(0.0, other) / (wall_s * (os.cpu_count() or 1))
+        return result
 
 
 def machine_info() -> dict[str, Any]:
@@ -428,8 +528,8 @@ def load_average() -> float | None:
         return None
 
 
-def measure_peak(settings: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
-    """Time every GEMM path and return them with the best rate."""
+def measure_gemm_paths(settings: Settings, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Time every GEMM path once, each in its own subprocess."""
     runs: list[tuple[str, str, tuple[str, ...]]] = [(path, path, ()) for path in GEMM_PATHS]
     kernel_variables = tuple(name for name in OPENBLAS_KERNEL_VARIABLES if name in os.environ)
     if kernel_variables:
@@ -444,13 +544,30 @@ def measure_peak(settings: Settings, progress: Callable[[str], None]) -> dict[st
         if unset:
             result["description"] += f", with {' and '.join(unset)} unset"
         paths[label] = result
+    return paths
 
-    measured = {label: result for label, result in paths.items() if "error" not in result}
-    best = max(measured, key=lambda label: measured[label]["gflops_best"], default=None)
+
+def combine_peaks(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Keep each path's faster round, and name the best path over all of them.
+
+    The GEMMs run before and after the backends, so one busy moment on a shared machine does
+    not lower the peak that every MFU is divided by.
+    """
+    paths: dict[str, Any] = {}
+    for label in rounds[0]:
+        measured = [paths_round[label] for paths_round in rounds if "error" not in paths_round[label]]
+        if not measured:
+            paths[label] = rounds[0][label]
+            continue
+        paths[label] = dict(max(measured, key=lambda result: result["gflops_best"]))
+        paths[label]["gflops_best_per_round"] = [result["gflops_best"] for result in measured]
+
+    measured_paths = {label: result for label, result in paths.items() if "error" not in result}
+    best = max(measured_paths, key=lambda label: measured_paths[label]["gflops_best"], default=None)
     return {
         "paths": paths,
         "best_path": best,
-        "best_gflops": measured[best]["gflops_best"] if best else None,
+        "best_gflops": measured_paths[best]["gflops_best"] if best else None,
     }
 
 
@@ -500,14 +617,16 @@ def summarise_config(
         },
         "results": results,
         "derived": derived,
-        "targets": evaluate_targets(derived),
+        "targets": evaluate_targets(list(results), derived),
     }
 
 
-def evaluate_targets(derived: dict[str, dict[str, float | None]]) -> list[dict[str, Any]]:
-    """Check each target against the median-based values of one config."""
+def evaluate_targets(variants: list[str], derived: dict[str, dict[str, float | None]]) -> list[dict[str, Any]]:
+    """Check the targets of the variants in this run against the median-based values of one config."""
     checked = []
     for target in TARGETS:
+        if target.variant not in variants:
+            continue
         value = derived.get(target.variant, {}).get(target.metric)
         checked.append(
             {
@@ -525,16 +644,16 @@ def run_bench(
     settings: Settings,
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
-    """Measure the GEMM peak, then every variant on every config, and return the report as a dict."""
+    """Measure the GEMM peak, every variant on every config, the peak again, and return the report as a dict."""
     report: dict[str, Any] = {
         "machine": machine_info(),
         "settings": dataclasses.asdict(settings),
         "load_average_start": load_average(),
     }
     started = time.perf_counter()
-    report["peak"] = measure_peak(settings, progress)
+    peak_rounds = [measure_gemm_paths(settings, progress)]
 
-    report["configs"] = []
+    raw_results: list[dict[str, Any]] = []
     for name, config in configs:
         results: dict[str, Any] = {}
         for variant in variants:
@@ -546,8 +665,14 @@ def run_bench(
                 "settings": dataclasses.asdict(settings),
             }
             results[variant] = run_worker(task, settings.timeout_s)
-        report["configs"].append(summarise_config(name, config, settings, results, report["peak"]["best_gflops"]))
+        raw_results.append(results)
 
+    peak_rounds.append(measure_gemm_paths(settings, progress))
+    report["peak"] = combine_peaks(peak_rounds)
+    report["configs"] = [
+        summarise_config(name, config, settings, results, report["peak"]["best_gflops"])
+        for (name, config), results in zip(configs, raw_results)
+    ]
     report["load_average_end"] = load_average()
     report["wall_s"] = time.perf_counter() - started
     return report
@@ -597,12 +722,21 @@ def format_peak(peak: dict[str, Any]) -> str:
     rows = []
     for label, result in peak["paths"].items():
         if "error" in result:
-            rows.append([label, "-", "-", result["error"]])
+            rows.append([label, "-", "-", "-", result["error"]])
             continue
+        rounds = " / ".join(f"{value:.0f}" for value in result["gflops_best_per_round"])
         rows.append(
-            [label, f"{result['gflops_median']:.0f}", f"{result['gflops_best']:.0f}", f"{result['kernel']}"]
+            [
+                label,
+                f"{result['gflops_median']:.0f}",
+                f"{result['gflops_best']:.0f}",
+                rounds,
+                format_percent(result.get("other_cpu_share")),
+                result["kernel"],
+            ]
         )
-    table = render_table(["GEMM path", "median GFLOP/s", "best GFLOP/s", "kernel"], rows)
+    headers = ["GEMM path", "median GFLOP/s", "best GFLOP/s", "best per round", "other CPU", "kernel"]
+    table = render_table(headers, rows)
     if peak["best_gflops"] is None:
         return table + "\nno GEMM path ran, so no MFU can be computed"
     return table + f"\npeak used for MFU: {peak['best_gflops']:.0f} GFLOP/s ({peak['best_path']}, best of its repeats)"
@@ -613,8 +747,11 @@ TABLE_HEADERS = [
     "fwd tok/s", "best", "vs torch",
     "train tok/s", "best", "vs torch", "MFU",
     "gen cache", "no cache", "speedup",
-    "compile s", "peak RSS MiB",
+    "compile s", "peak RSS MiB", "other CPU",
 ]  # fmt: skip
+
+# Above this share of the CPU taken by other processes, a measurement gets a warning.
+BUSY_MACHINE_SHARE = 0.05
 
 
 def variant_row(variant: str, result: dict[str, Any], values: dict[str, float | None]) -> list[str]:
@@ -636,6 +773,7 @@ def variant_row(variant: str, result: dict[str, Any], values: dict[str, float | 
         format_ratio(values["cache_speedup"]),
         format_seconds(compile_s),
         f"{result['peak_rss_mib']:,.0f}",
+        format_percent(result.get("other_cpu_share")),
     ]
 
 
@@ -653,7 +791,8 @@ def format_config(summary: dict[str, Any]) -> str:
     legend = (
         "tok/s columns are medians and 'best' the fastest repeat; MFU comes from the median train step; "
         f"generation: batch {generation['batch']}, {generation['prompt_length']}-token prompt, "
-        f"{generation['new_tokens']} new tokens; compile s: JAX tracing and compiling of forward and train step"
+        f"{generation['new_tokens']} new tokens; compile s: JAX tracing and compiling of forward and train step; "
+        "other CPU: share of the machine's CPU time that other processes used meanwhile"
     )
     lines = [describe_config(summary), render_table(TABLE_HEADERS, rows), *failures, legend]
     lines += ["", format_targets(summary["targets"])]
@@ -685,8 +824,28 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for summary in report["configs"]:
         lines += ["", format_config(summary)]
+    busy = busy_measurements(report)
+    if busy:
+        lines += [
+            "",
+            f"warning: other processes used more than {100 * BUSY_MACHINE_SHARE:.0f}% of the CPU during "
+            f"{', '.join(busy)}; their times are longer than on an idle machine, so rerun those before quoting them",
+        ]
     lines += ["", f"total time {report['wall_s']:.0f} s"]
     return "\n".join(lines)
+
+
+def busy_measurements(report: dict[str, Any]) -> list[str]:
+    """Name the measurements during which other processes used more than BUSY_MACHINE_SHARE of the CPU."""
+    busy = []
+    for label, result in report["peak"]["paths"].items():
+        if (result.get("other_cpu_share") or 0.0) > BUSY_MACHINE_SHARE:
+            busy.append(f"GEMM {label}")
+    for summary in report["configs"]:
+        for variant, result in summary["results"].items():
+            if (result.get("other_cpu_share") or 0.0) > BUSY_MACHINE_SHARE:
+                busy.append(f"{variant} on {summary['name']}")
+    return busy
 
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
@@ -791,6 +950,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {values[name]}")
     if values["warmup"] < 0:
         raise UserError(f"--warmup must be at least 0, got {values['warmup']}")
+    if values["min_warmup_s"] < 0:
+        raise UserError(f"--min-warmup must be at least 0 seconds, got {values['min_warmup_s']}")
     return Settings(**values)
 
 
@@ -853,7 +1014,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with --quick: tiny); the config overrides below apply to each",
     )
     parser.add_argument(
-        "--backends", default=",".join(VARIANTS), help=f"comma-separated variants (default: {','.join(VARIANTS)})"
+        "--backends",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated variants among {', '.join(VARIANTS)} (default: {','.join(DEFAULT_VARIANTS)})",
     )
     defaults = Settings()
     parser.add_argument(
@@ -864,6 +1027,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, help=f"rows per forward and train step (default: {defaults.batch_size})")
     parser.add_argument("--repeats", type=int, help=f"timed calls per measurement (default: {defaults.repeats})")
     parser.add_argument("--warmup", type=int, help=f"untimed calls after the first one (default: {defaults.warmup})")
+    parser.add_argument(
+        "--min-warmup",
+        dest="min_warmup_s",
+        type=float,
+        help=f"seconds of untimed calls, at least, before each timed series (default: {defaults.min_warmup_s})",
+    )
     parser.add_argument("--prompt-length", type=int, help=f"prompt tokens for generation (default: {defaults.prompt_length})")
     parser.add_argument(
         "--new-tokens",
