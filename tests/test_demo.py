@@ -94,7 +94,8 @@ def test_table_rows(quick_demo, report):
         assert line is not None, f"no table row for {pair_name}"
         assert line.endswith("ok")
     for pair in report["pairs"]:
-        assert pair["max_logit_diff"] <= pair["allowed_logit_diff"]
+        assert pair["logit_diff_float64"] <= pair["allowed_logit_diff_float64"]
+        assert pair["val_loss_diff"] <= pair["allowed_val_loss_diff"]
 
 
 def test_continuations_identical(quick_demo, report):
@@ -146,7 +147,12 @@ def failing_report():
         settings=QUICK_PLAN.settings.to_dict(),
         baseline_loss=3.2,
         backends=[BackendRow("torch", 3.3, 1.0), BackendRow("jax", 3.3, 1.0)],
-        pairs=[PairRow("torch", "jax", max_logit_diff=1e-3, allowed_logit_diff=1e-5, val_loss_diff=0.0, allowed_val_loss_diff=1e-5)],
+        pairs=[
+            PairRow(
+                "torch", "jax", logit_diff_float32=1e-3, logit_diff_float64=1e-3, allowed_logit_diff_float64=1e-9,
+                val_loss_diff=0.0, allowed_val_loss_diff=1e-5,
+            )
+        ],
         continuations=[Continuation("greedy", {"torch": "a", "jax": "b"}, identical=False)],
     )
 
@@ -155,14 +161,14 @@ def test_failures_name_each_problem():
     failures = find_failures(failing_report())
     assert len(failures) == 4
     assert "torch: validation loss 3.3000 is not below the unigram baseline 3.2000" in failures[0]
-    assert "torch vs jax: max logit difference 1.00e-03 (allowed 1.0e-05)" in failures[2]
+    assert "torch vs jax: max float64 logit difference 1.00e-03 (allowed 1.0e-09)" in failures[2]
     assert "the greedy continuations differ between backends" in failures[3]
 
 
 def test_passing_report_has_no_failures():
     report = failing_report()
     report.backends = [BackendRow("torch", 2.0, 1.0)]
-    report.pairs = [PairRow("torch", "jax", 1e-6, 1e-5, 0.0, 1e-5)]
+    report.pairs = [PairRow("torch", "jax", 1e-5, 1e-14, 1e-9, 0.0, 1e-5)]
     report.continuations = [Continuation("greedy", {"torch": "a", "jax": "a"}, identical=True)]
     assert find_failures(report) == []
     assert report.passed
