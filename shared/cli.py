@@ -56,7 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("trigpt: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, ImportError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
+    except BrokenPipeError:
+        # The reader of our output (for example `head`) closed the pipe: stop quietly.
+        sys.stderr.close()
+        return 141
+    except (UserError, ValueError, ImportError, OSError) as error:
         if args.verbose:
             raise
         print(f"trigpt {args.command}: error: {error}", file=sys.stderr)

@@ -11,18 +11,22 @@ from shared.backends import BACKENDS, get_backend
 from shared.config import PRESETS, GPTConfig
 from shared.errors import UserError
 from shared.tokenizer import checkpoint_tokenizer
-from shared.weights import init_parameters, load_checkpoint_full, save_checkpoint
+from shared.weights import init_parameters, load_checkpoint_full, read_safetensors, save_checkpoint
 
 
 def parse_token_ids(text: str) -> np.ndarray:
     """Parse "1,2,3" into a (1, T) int64 array, rejecting anything that is not a comma-separated id list."""
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts:
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
         raise UserError(f"--prompt-ids {text!r} contains no token ids; pass comma-separated integers such as 1,2,3")
     try:
         ids = [int(part) for part in parts]
     except ValueError:
         raise UserError(f"--prompt-ids {text!r} must be comma-separated integers such as 1,2,3") from None
+    for token in ids:
+        # Ids past int64 would overflow numpy; the vocabulary check names the rest.
+        if not -(2**62) < token < 2**62:
+            raise UserError(f"token id {token} in --prompt-ids is out of range; ids lie in [0, vocab_size)")
     return np.array([ids], dtype=np.int64)
 
 
@@ -55,6 +59,13 @@ def config_from_args(args: argparse.Namespace) -> GPTConfig:
 
 
 def run_init(args: argparse.Namespace) -> int:
+    if args.output.suffix != ".safetensors":
+        raise UserError(
+            f"-o {args.output}: init writes a trigpt .safetensors file; name it *.safetensors "
+            f"and use `trigpt convert` for other formats"
+        )
+    if args.output.exists() and not args.overwrite:
+        raise UserError(f"-o {args.output} already exists; pass --overwrite to replace it")
     config = config_from_args(args)
     params = init_parameters(config, seed=args.seed, dtype=np.dtype(args.dtype))
     save_checkpoint(args.output, params, config, metadata={"seed": args.seed, "tokenizer": {"kind": "bytes"}})
@@ -65,7 +76,9 @@ def run_init(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint_full(args.checkpoint)
     config = checkpoint.config
-    dtypes = sorted({value.dtype.name for value in checkpoint.params.values()})
+    # The dtypes as stored: loading upcasts float16 and bfloat16 to float32.
+    stored, _ = read_safetensors(args.checkpoint)
+    dtypes = sorted({stored[name].dtype.name for name in checkpoint.params})
     print(f"checkpoint   {args.checkpoint}")
     print(f"parameters   {config.num_parameters():,}")
     print(f"dtype        {', '.join(dtypes)}")
@@ -126,6 +139,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation (default: 0)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="parameter dtype (default: float32)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="path of the .safetensors file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     parser.set_defaults(handler=run_init)
 
     parser = subparsers.add_parser("info", help="print a checkpoint's config, size and dtype")

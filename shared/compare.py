@@ -209,6 +209,8 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size} must be at least 1")
     perturbation = parse_perturbation(args.perturb, backends, config)
+    if args.json is not None and not (args.json.parent if str(args.json.parent) else Path(".")).is_dir():
+        raise UserError(f"--json {args.json}: folder {args.json.parent} does not exist; create it first")
     rng = np.random.default_rng(args.seed)
     tokens = rng.integers(0, config.vocab_size, (args.batch_size, seq_len))
     targets = rng.integers(0, config.vocab_size, (args.batch_size, seq_len))

@@ -13,8 +13,8 @@ import numpy as np
 
 def check_sampling_arguments(temperature: float, top_k: int | None) -> None:
     """Raise ValueError for a temperature <= 0 or a top_k < 1."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}; use top_k=1 for greedy decoding")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+        raise ValueError(f"temperature must be > 0 and finite, got {temperature!r}; use top_k=1 for greedy decoding")
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
@@ -56,6 +56,8 @@ def invert_cdf(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
 
 def draw_uniforms(seed: int | None, max_new_tokens: int, batch_size: int) -> np.ndarray:
     """Draw the uniforms for a whole generation up front: (max_new_tokens, batch_size) float64."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     rng = np.random.default_rng(seed)
     return rng.random((max_new_tokens, batch_size))
 

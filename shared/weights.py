@@ -150,8 +150,14 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise CheckpointError(f"cannot write {path}: folder {folder} does not exist; create it first")
+    if path.is_dir():
+        raise CheckpointError(f"cannot write {path}: it is a folder; pass a file path")
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
+        # mkstemp creates the file readable by its owner only; give it the usual umask mode instead.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
@@ -239,6 +245,12 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     except OSError as error:
         raise CheckpointError(f"{path}: cannot read file ({error.strerror})") from None
 
+    if data[:4] == b"PK\x03\x04":
+        # .npz and torch.save files are zip archives, which cannot be a valid safetensors header.
+        raise CheckpointError(
+            f"{path}: this is a zip file (.npz or .pt), not safetensors; "
+            f"convert it first with `trigpt convert {path} OUT.safetensors`"
+        )
     if len(data) < 8:
         raise CheckpointError(f"{path}: file is {len(data)} bytes, too short to be safetensors (empty or truncated)")
     (header_length,) = struct.unpack("<Q", data[:8])

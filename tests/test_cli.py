@@ -63,3 +63,62 @@ def test_prepost_prints_ratio(capsys):
     assert main(["prepost"]) == 0
     out = capsys.readouterr().out
     assert "pre-LN" in out and "post-LN" in out and "ratio" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "{model}", "--prompt-ids", "99999999999999999999999"], "out of range"),
+        (["generate", "{model}", "--prompt-ids", "1,,2"], "comma-separated integers"),
+        (["generate", "{model}", "--temperature", "inf"], "temperature must be > 0 and finite"),
+        (["generate", "{model}", "--seed", "-5"], "seed must be a non-negative integer"),
+        (["init", "-o", "{folder}/x.npz"], "name it *.safetensors"),
+        (["init", "-o", "{model}"], "already exists; pass --overwrite"),
+        (["init", "--overwrite", "-o", "{folder}/sub.safetensors"], "it is a folder"),
+        (["info", "{folder}/zip.safetensors"], "convert it first"),
+        (["compare", "{model}", "--json", "{folder}/missing/report.json"], "does not exist"),
+    ],
+)
+def test_more_user_errors_are_one_line(tmp_path, args, message):
+    model = tmp_path / "model.safetensors"
+    assert main(["init", "-o", str(model)]) == 0
+    (tmp_path / "sub.safetensors").mkdir()
+    (tmp_path / "zip.safetensors").write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    args = [a.format(model=model, folder=tmp_path) for a in args]
+    result = run(*args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr
+
+
+def test_written_files_follow_umask(tmp_path):
+    import os
+
+    path = tmp_path / "model.safetensors"
+    old = os.umask(0o022)
+    try:
+        assert main(["init", "-o", str(path)]) == 0
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_info_shows_stored_dtype(tmp_path, capsys):
+    path = tmp_path / "model.safetensors"
+    half = tmp_path / "half.safetensors"
+    assert main(["init", "-o", str(path)]) == 0
+    assert main(["convert", str(path), str(half), "--dtype", "bfloat16"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(half)]) == 0
+    assert "bfloat16" in capsys.readouterr().out
+
+
+def test_broken_pipe_is_quiet(tmp_path):
+    path = tmp_path / "model.safetensors"
+    assert main(["init", "-o", str(path)]) == 0
+    result = subprocess.run(
+        f"{sys.executable} -m shared.cli info {path} | head -1", shell=True, capture_output=True, text=True, timeout=300
+    )
+    assert "Traceback" not in result.stderr
+    assert result.stdout.startswith("checkpoint")
