@@ -29,7 +29,8 @@ def test_agreeing_backends_exit_zero(checkpoint, tmp_path, capsys):
     assert report["first_divergence"] is None
     points = [d["point"] for d in report["differences"]]
     assert points[:5] == ["embed", "blocks.0", "blocks.1", "blocks.2", "final_ln"]
-    assert "loss" in points and "grad blocks.2.mlp.fc2.weight" in points
+    assert "loss" in points
+    assert "grad blocks.2.mlp.fc2.weight" in points
 
 
 def test_perturbed_backend_exits_one_and_names_point(checkpoint, tmp_path, capsys):

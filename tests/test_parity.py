@@ -1,7 +1,7 @@
 """Cross-backend parity: every pair of backends computes the same model.
 
-For each config of the matrix and each dtype, every backend runs the same batch once
-(results are cached across pairs); then every pair is compared on the logits, the loss,
+For each config of the matrix and each dtype, every backend runs the same batch once, and
+the results are cached across pairs. Every pair is then compared on the logits, the loss,
 every canonical gradient and the per-layer activations (embedding sum, each block's output,
 final LayerNorm). The full matrix is marked slow; a corner of it runs in the fast suite.
 """
