@@ -298,12 +298,12 @@ def torch_gemm_kernel(path: str, call: Callable[[], object]) -> str:
     return f"{library}, {code_path}, {torch.get_num_threads()} threads"
 
 
-def gemm_function(path: str, size: int) -> tuple[Callable[[], object], str | None]:
+def gemm_function(path: str, size: int) -> tuple[Callable[[], object], str]:
     """Build a call that multiplies two random float32 (size, size) matrices; return it and the kernel's name."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
-    framework = GEMM_PATHS[path][0] if path in GEMM_PATHS else "numpy"
+    framework = GEMM_PATHS[path][0]
 
     if framework == "numpy":
         return (lambda: a @ b), f"OpenBLAS {openblas_core_name() or 'kernel unknown'}"
@@ -835,15 +835,20 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def is_busy(result: dict[str, Any]) -> bool:
+    """Say whether other processes used more than BUSY_MACHINE_SHARE of the CPU during a measurement."""
+    return (result.get("other_cpu_share") or 0.0) > BUSY_MACHINE_SHARE
+
+
 def busy_measurements(report: dict[str, Any]) -> list[str]:
     """Name the measurements during which other processes used more than BUSY_MACHINE_SHARE of the CPU."""
     busy = []
     for label, result in report["peak"]["paths"].items():
-        if (result.get("other_cpu_share") or 0.0) > BUSY_MACHINE_SHARE:
+        if is_busy(result):
             busy.append(f"GEMM {label}")
     for summary in report["configs"]:
         for variant, result in summary["results"].items():
-            if (result.get("other_cpu_share") or 0.0) > BUSY_MACHINE_SHARE:
+            if is_busy(result):
                 busy.append(f"{variant} on {summary['name']}")
     return busy
 
@@ -868,20 +873,25 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
         width = 0.8 / max(1, len(variants))
         ratio_axis, mfu_axis = row
 
+        # Hatched bars: other processes used more than BUSY_MACHINE_SHARE of the CPU meanwhile.
+        hatches = ["//" if is_busy(summary["results"][variant]) else "" for variant in variants]
         for index, variant in enumerate(variants):
             values = [summary["derived"][variant][key] or math.nan for key, _ in metrics]
             positions = [m + (index - (len(variants) - 1) / 2) * width for m in range(len(metrics))]
-            ratio_axis.bar(positions, values, width, label=variant)
+            ratio_axis.bar(positions, values, width, label=variant, hatch=hatches[index])
         # Ratios spread over more than a decade, so a log axis keeps 0.5x and 2x equally far from 1x.
         ratio_axis.set_yscale("log")
         ratio_axis.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         ratio_axis.set_xticks(range(len(metrics)), [label for _, label in metrics])
         ratio_axis.set_ylabel("tokens/s relative to torch eager")
-        ratio_axis.set_title(f"{summary['name']} config: throughput (median)")
+        title = f"{summary['name']} config: throughput (median)"
+        if any(hatches):
+            title += f"\nhatched: other processes used > {100 * BUSY_MACHINE_SHARE:.0f}% of the CPU"
+        ratio_axis.set_title(title, fontsize="medium")
         ratio_axis.legend(fontsize="small")
 
         mfu = [100 * (summary["derived"][variant]["train_mfu"] or 0.0) for variant in variants]
-        mfu_axis.bar(variants, mfu, color=[f"C{i}" for i in range(len(variants))])
+        mfu_axis.bar(variants, mfu, color=[f"C{i}" for i in range(len(variants))], hatch=hatches)
         for variant, value in zip(variants, mfu):
             mfu_axis.annotate(f"{value:.0f}%", (variant, value), ha="center", va="bottom", fontsize="small")
         for target in TARGETS:
