@@ -28,5 +28,9 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Every backend side by side against the machine's matmul peak (about 5 minutes).
+bench: $(STAMP)
+	$(BIN)/trigpt bench
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
