@@ -15,8 +15,8 @@ import os
 import sys
 from typing import Sequence
 
-# OpenBLAS worker threads keep spinning after each call and slow torch down in a process
-# that runs both NumPy and torch; the timeout must be set before numpy is first imported.
+# OpenBLAS worker threads keep spinning after each call, which slows torch down in a process
+# that runs both NumPy and torch. OpenBLAS reads the timeout when numpy is first imported.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 
 from shared.errors import UserError  # noqa: E402

@@ -93,5 +93,9 @@ def measure_difference(actual: object, expected: object) -> Difference:
     scale = float(np.max(np.abs(expected)))
     worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(difference)), difference.shape))
     max_abs = float(difference[worst])
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    if scale > 0:
+        max_rel = max_abs / scale
+    else:
+        # An all-zero expected tensor: any difference at all is infinitely large relative to it.
+        max_rel = 0.0 if max_abs == 0 else float("inf")
     return Difference(max_abs, max_rel, worst, float(actual[worst]), float(expected[worst]), scale)

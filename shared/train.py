@@ -556,7 +556,11 @@ def run_train(args: argparse.Namespace) -> int:
     recorded: dict[str, Any] = {}
     if args.resume is not None and args.init_from is not None:
         raise UserError("--resume and --init-from cannot be combined: --resume continues a run, --init-from starts one")
-    source_option = "--resume" if args.resume is not None else "--init-from" if args.init_from is not None else None
+    source_option = None
+    if args.resume is not None:
+        source_option = "--resume"
+    elif args.init_from is not None:
+        source_option = "--init-from"
     if source_option is not None:
         model_options = [name for name in _MODEL_OPTIONS if getattr(args, name) is not None]
         if model_options:

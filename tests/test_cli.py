@@ -27,13 +27,15 @@ def test_init_info_generate(tmp_path, capsys):
     assert config.num_layers == 2
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
-    assert f"{config.num_parameters():,}" in out and "tied" in out
+    assert f"{config.num_parameters():,}" in out
+    assert "tied" in out
     arguments = ["generate", str(path), "--prompt-ids", "1,2,3", "--max-new-tokens", "5", "--seed", "42", "--top-k", "20"]
     assert main(arguments) == 0
     first = capsys.readouterr().out.strip()
     assert main(arguments) == 0
     ids = [int(i) for i in first.split(",")]
-    assert ids[:3] == [1, 2, 3] and len(ids) == 8
+    assert ids[:3] == [1, 2, 3]
+    assert len(ids) == 8
     assert capsys.readouterr().out.strip() == first
 
 
@@ -62,7 +64,9 @@ def test_user_error_is_one_line(tmp_path, args, message):
 def test_prepost_prints_ratio(capsys):
     assert main(["prepost"]) == 0
     out = capsys.readouterr().out
-    assert "pre-LN" in out and "post-LN" in out and "ratio" in out
+    assert "pre-LN" in out
+    assert "post-LN" in out
+    assert "ratio" in out
 
 
 @pytest.mark.parametrize(

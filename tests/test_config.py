@@ -12,7 +12,9 @@ def test_defaults_are_gpt2_small():
     assert (config.vocab_size, config.context_length, config.d_model) == (50257, 1024, 768)
     assert (config.num_heads, config.num_layers, config.mlp_expansion) == (12, 12, 4)
     assert config.dropout == 0.1
-    assert config.use_bias and config.weight_tying and config.pre_ln
+    assert config.use_bias
+    assert config.weight_tying
+    assert config.pre_ln
     assert config.layer_norm_eps == 1e-5
     assert config.gelu_approximation == "tanh"
 

@@ -33,7 +33,8 @@ def test_temperature_sharpens():
     hot = sampling_probabilities(logits, temperature=10.0)
     assert cold[0, 2] > 0.99
     assert hot.max() < 0.4
-    assert np.allclose(cold.sum(), 1.0) and np.allclose(hot.sum(), 1.0)
+    assert np.allclose(cold.sum(), 1.0)
+    assert np.allclose(hot.sum(), 1.0)
 
 
 def test_greedy_with_top_k_one():

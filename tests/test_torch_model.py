@@ -52,7 +52,7 @@ def test_future_tokens_do_not_change_past(pre_ln):
     assert not torch.allclose(before[:, 5:], after[:, 5:])
 
 
-def test_pre_ln_and_post_ln_differ_on_same_weights():
+def test_pre_and_post_ln_differ():
     params = init_parameters(CONFIG, seed=0, dtype=np.float64)
     pre = from_canonical(params, CONFIG)
     post = from_canonical(params, CONFIG.replace(pre_ln=False))
@@ -247,7 +247,8 @@ def test_top_k_filter_keeps_ties():
 
 def test_prepost_experiment_reports_norms():
     result = prepost_experiment()
-    assert result.pre_ln_norm > 0 and result.post_ln_norm > 0
+    assert result.pre_ln_norm > 0
+    assert result.post_ln_norm > 0
     assert result.ratio == pytest.approx(result.pre_ln_norm / result.post_ln_norm)
     assert result.pre_ln_norm != result.post_ln_norm
 

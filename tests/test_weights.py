@@ -157,7 +157,8 @@ def test_wrong_width_names_tensor_and_shapes(tmp_path):
         load_checkpoint(path)
     message = str(error.value)
     assert "tok_embed.weight" in message
-    assert "(64, 16)" in message and "(64, 32)" in message
+    assert "(64, 16)" in message
+    assert "(64, 32)" in message
 
 
 def test_missing_and_unexpected_tensors(tmp_path, saved):

@@ -39,7 +39,7 @@ def generate(
     """Extend prompt (B, T) by max_new_tokens sampled tokens and return (B, T + max_new_tokens).
 
     The running sequence is cropped to its last context_length tokens before each step. With
-    use_cache, each step runs only the new position while the window fits; once it slides,
+    use_cache, each step runs only the new position while the window fits. Once it slides,
     every position embedding changes, so the cache is rebuilt from the cropped window.
     """
     check_sampling_arguments(temperature, top_k)
