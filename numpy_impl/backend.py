@@ -38,7 +38,7 @@ def config_of(model: GPTModel) -> GPTConfig:
 def forward(model: GPTModel, tokens: np.ndarray) -> np.ndarray:
     """Return the logits (B, T, V) in eval mode."""
     tokens = check_tokens(tokens, model.config)
-    return _model.model_logits(model, tokens)
+    return _model.sharded_logits(model, tokens)
 
 
 def activations(model: GPTModel, tokens: np.ndarray) -> dict[str, np.ndarray]:
@@ -53,7 +53,7 @@ def loss_and_grads(model: GPTModel, tokens: np.ndarray, targets: np.ndarray) -> 
     """Return the mean cross-entropy and the canonical gradients, in eval mode (no dropout)."""
     tokens = check_tokens(tokens, model.config)
     targets = check_targets(targets, tokens, model.config)
-    return _model.loss_and_grads(model, tokens, targets)
+    return _model.sharded_loss_and_grads(model, tokens, targets)
 
 
 def generate(

@@ -197,12 +197,22 @@ def causal_mask(context_length: int, dtype: np.dtype) -> np.ndarray:
 # data in the L2 cache. With T = 256 this took a fifth off the attention's CPU time on a
 # 2-core Xeon, compared with whole-array passes.
 _ATTENTION_BLOCK_ELEMENTS = 262144
+# Within a group, the queries run in blocks of this many. A block reads only the keys up to
+# its last query, so the scores above the diagonal blocks are never computed. For T = 256
+# that leaves 5/8 of the (T, T) work, and on the same Xeon it took a fifth off the
+# attention forward's time and a quarter off the backward's.
+_QUERY_BLOCK = 64
 
 
 def _head_groups(count: int, T: int) -> list[slice]:
     """Split count (batch, head) pairs into consecutive groups of about _ATTENTION_BLOCK_ELEMENTS scores each."""
     step = max(1, _ATTENTION_BLOCK_ELEMENTS // (T * T))
     return [slice(start, min(start + step, count)) for start in range(0, count, step)]
+
+
+def _query_blocks(T: int) -> list[slice]:
+    """Split range(T) into consecutive blocks of _QUERY_BLOCK queries, the last one possibly shorter."""
+    return [slice(start, min(start + _QUERY_BLOCK, T)) for start in range(0, T, _QUERY_BLOCK)]
 
 
 def attention_forward(
@@ -215,7 +225,9 @@ def attention_forward(
 
     The scores are kept in (key, query) layout, so the softmax reduces over axis -2. Its
     broadcasts then run along contiguous rows, which makes it about 25% faster than a
-    softmax over the last axis (float32, T = 256, measured on a 2-core Xeon).
+    softmax over the last axis (float32, T = 256, measured on a 2-core Xeon). The query
+    block that ends at query e keeps its probabilities as one (B*nh, e, block size) array,
+    the keys 0..e-1 by its queries; the cache holds one such array per block.
     """
     B, T, C3 = qkv.shape
     nh = num_heads
@@ -232,31 +244,34 @@ def attention_forward(
     k_pairs = k.reshape(B * nh, T, hs)
     v_pairs = v.reshape(B * nh, T, hs)
 
-    probs = np.empty((B * nh, T, T), dtype=qkv.dtype)  # keys by queries
-    drop = dropout_mask(probs.shape, probs.dtype, dropout, rng)
-    probs_dropped = probs if drop is None else np.empty_like(probs)
+    blocks = _query_blocks(T)
+    probs = [np.empty((B * nh, block.stop, block.stop - block.start), dtype=qkv.dtype) for block in blocks]
+    drops = [dropout_mask(block_probs.shape, block_probs.dtype, dropout, rng) for block_probs in probs]
+    probs_dropped = [p if drop is None else np.empty_like(p) for p, drop in zip(probs, drops)]
     y = np.empty((B * nh, T, hs), dtype=qkv.dtype)
     for group in _head_groups(B * nh, T):
-        scores = probs[group]
-        np.matmul(k_pairs[group], q_pairs[group].transpose(0, 2, 1), out=scores)  # (G, T, hs) @ (G, hs, T) -> (G, T, T)
-        scores += mask[:T, :T]
+        for block, block_probs, block_dropped, drop in zip(blocks, probs, probs_dropped, drops):
+            keys = slice(0, block.stop)  # every key up to the block's last query
+            scores = block_probs[group]  # (G, keys, queries)
+            np.matmul(k_pairs[group, keys], q_pairs[group, block].transpose(0, 2, 1), out=scores)  # (G, e, hs) @ (G, hs, Tq) -> (G, e, Tq)
+            scores[:, block.start :] += mask[block, block]  # only the diagonal square has keys after queries
 
-        # Softmax over the keys (axis -2), in place: scores -> probabilities.
-        scores -= scores.max(axis=-2, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-2, keepdims=True)
+            # Softmax over the keys (axis -2), in place: scores -> probabilities.
+            scores -= scores.max(axis=-2, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=-2, keepdims=True)
 
-        if drop is not None:
-            np.multiply(scores, drop[group], out=probs_dropped[group])
-        np.matmul(probs_dropped[group].transpose(0, 2, 1), v_pairs[group], out=y[group])  # (G, T, T) @ (G, T, hs) -> (G, T, hs)
+            if drop is not None:
+                np.multiply(scores, drop[group], out=block_dropped[group])
+            np.matmul(block_dropped[group].transpose(0, 2, 1), v_pairs[group, keys], out=y[group, block])  # (G, Tq, e) @ (G, e, hs) -> (G, Tq, hs)
 
-    cache = (q_scaled, k, v, probs, probs_dropped, drop, scale)
+    cache = (q_scaled, k, v, blocks, probs, probs_dropped, drops, scale)
     return y.reshape(B, nh, T, hs), cache
 
 
 def attention_backward(dy: np.ndarray, cache: Any) -> np.ndarray:
     """Return dqkv (B, T, 3C) for dy (B, nh, T, hs)."""
-    q_scaled, k, v, probs, probs_dropped, drop, scale = cache
+    q_scaled, k, v, blocks, probs, probs_dropped, drops, scale = cache
     B, nh, T, hs = dy.shape
     q_pairs = q_scaled.reshape(B * nh, T, hs)  # (B*nh, T, hs)
     k_pairs = k.reshape(B * nh, T, hs)
@@ -264,27 +279,37 @@ def attention_backward(dy: np.ndarray, cache: Any) -> np.ndarray:
     dy_pairs = np.ascontiguousarray(dy).reshape(B * nh, T, hs)  # (B, nh, T, hs) -> (B*nh, T, hs)
 
     dq = np.empty((B * nh, T, hs), dtype=dy.dtype)
-    dk = np.empty_like(dq)
-    dv = np.empty_like(dq)
+    # Every query block adds to the gradients of the keys and values it saw.
+    dk = np.zeros_like(dq)
+    dv = np.zeros_like(dq)
     groups = _head_groups(B * nh, T)
-    scratch = np.empty((groups[0].stop, T, T), dtype=dy.dtype)
+    scratch = np.empty((groups[0].stop, T, min(T, _QUERY_BLOCK)), dtype=dy.dtype)
+    key_scratch = np.empty((groups[0].stop, T, hs), dtype=dy.dtype)
     for group in groups:
-        np.matmul(probs_dropped[group], dy_pairs[group], out=dv[group])  # (G, T, T) @ (G, T, hs) -> (G, T, hs)
-        dprobs = scratch[: group.stop - group.start]
-        np.matmul(v_pairs[group], dy_pairs[group].transpose(0, 2, 1), out=dprobs)  # (G, T, hs) @ (G, hs, T) -> (G, T, T)
-        if drop is not None:
-            dprobs *= drop[group]
+        G = group.stop - group.start
+        for block, block_probs, block_dropped, drop in zip(blocks, probs, probs_dropped, drops):
+            keys = slice(0, block.stop)
+            e, Tq = block.stop, block.stop - block.start
+            block_dy = dy_pairs[group, block]  # (G, Tq, hs)
+            key_partial = key_scratch[:G, :e]  # (G, e, hs)
+            np.matmul(block_dropped[group], block_dy, out=key_partial)  # (G, e, Tq) @ (G, Tq, hs) -> (G, e, hs)
+            dv[group, keys] += key_partial
+            dprobs = scratch[:G, :e, :Tq]
+            np.matmul(v_pairs[group, keys], block_dy.transpose(0, 2, 1), out=dprobs)  # (G, e, hs) @ (G, hs, Tq) -> (G, e, Tq)
+            if drop is not None:
+                dprobs *= drop[group]
 
-        # Softmax backward over the keys: dscores = probs * (dprobs - sum_keys dprobs * probs).
-        # Masked entries have probability 0, so their gradient is 0.
-        group_probs = probs[group]
-        key_sum = np.einsum("gkq,gkq->gq", dprobs, group_probs)[:, None, :]  # (G, 1, T)
-        dscores = dprobs
-        dscores -= key_sum
-        dscores *= group_probs
+            # Softmax backward over the keys: dscores = probs * (dprobs - sum_keys dprobs * probs).
+            # Masked entries have probability 0, so their gradient is 0.
+            group_probs = block_probs[group]
+            key_sum = np.einsum("gkq,gkq->gq", dprobs, group_probs)[:, None, :]  # (G, 1, Tq)
+            dscores = dprobs
+            dscores -= key_sum
+            dscores *= group_probs
 
-        np.matmul(dscores.transpose(0, 2, 1), k_pairs[group], out=dq[group])  # (G, T, T) @ (G, T, hs) -> (G, T, hs)
-        np.matmul(dscores, q_pairs[group], out=dk[group])  # (G, T, T) @ (G, T, hs) -> (G, T, hs)
+            np.matmul(dscores.transpose(0, 2, 1), k_pairs[group, keys], out=dq[group, block])  # (G, Tq, e) @ (G, e, hs) -> (G, Tq, hs)
+            np.matmul(dscores, q_pairs[group, block], out=key_partial)  # (G, e, Tq) @ (G, Tq, hs) -> (G, e, hs)
+            dk[group, keys] += key_partial
     dq *= scale
 
     dqkv = np.empty((B, T, 3, nh, hs), dtype=dy.dtype)

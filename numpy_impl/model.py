@@ -11,6 +11,7 @@ Dimension legend, used in the shape comments below:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ from numpy_impl.layers import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
+from numpy_impl.parallel import batch_shards, concatenate_shards, run_parallel
 
 
 class GPTModel:
@@ -255,15 +257,66 @@ def model_backward(dlogits: np.ndarray, cache: Any) -> Grads:
 
 
 def loss_and_grads(
-    model: GPTModel, tokens: np.ndarray, targets: np.ndarray, rng: np.random.Generator | None = None
+    model: GPTModel,
+    tokens: np.ndarray,
+    targets: np.ndarray,
+    rng: np.random.Generator | None = None,
+    num_positions: int | None = None,
 ) -> tuple[float, Grads]:
-    """Return the mean cross-entropy over all B*T positions and the canonical gradients."""
+    """Return the mean cross-entropy over all B*T positions and the canonical gradients.
+
+    num_positions replaces B*T as the count that the mean divides by. A shard of a larger
+    batch passes the whole batch's count, so that the shards' losses and gradients add up
+    to the whole batch's.
+    """
+    B, T = tokens.shape
+    if num_positions is None:
+        num_positions = B * T
     logits, cache = model_forward(model, tokens, rng)
     losses, loss_cache = softmax_cross_entropy_forward(logits, targets)  # (B, T)
-    loss = float(losses.mean())
+    loss = float(losses.sum(dtype=np.float64)) / num_positions
 
-    B, T = tokens.shape
-    dlosses = np.full((B, T), 1.0 / (B * T), dtype=logits.dtype)  # d mean / d loss of each position
+    dlosses = np.full((B, T), 1.0 / num_positions, dtype=logits.dtype)  # d mean / d loss of each position
     dlogits = softmax_cross_entropy_backward(dlosses, loss_cache)
     grads = model_backward(dlogits, cache)
+    return loss, grads
+
+
+# The same computations on shards of the batch, one worker thread each (numpy_impl.parallel).
+
+
+def sharded_logits(model: GPTModel, tokens: np.ndarray) -> np.ndarray:
+    """Return model_logits of checked int tokens (B, T), computed on shards of the batch in parallel."""
+    shards = batch_shards(len(tokens))
+    parts = run_parallel([partial(model_logits, model, tokens[rows]) for rows in shards])
+    return concatenate_shards(parts)
+
+
+def sharded_loss_and_grads(
+    model: GPTModel, tokens: np.ndarray, targets: np.ndarray, rng: np.random.Generator | None = None
+) -> tuple[float, Grads]:
+    """Return loss_and_grads of the whole batch, computed on shards of the batch in parallel.
+
+    Each shard's dropout draws from its own child of rng (Generator.spawn), so a seeded run
+    repeats exactly for the same shard count. With one shard, rng itself is used.
+    """
+    B, T = tokens.shape
+    shards = batch_shards(B)
+    if rng is None:
+        rngs: list[np.random.Generator | None] = [None] * len(shards)
+    elif len(shards) == 1:
+        rngs = [rng]
+    else:
+        rngs = list(rng.spawn(len(shards)))
+    calls = [
+        partial(loss_and_grads, model, tokens[rows], targets[rows], shard_rng, B * T)
+        for rows, shard_rng in zip(shards, rngs)
+    ]
+    results = run_parallel(calls)
+
+    loss, grads = results[0]
+    for shard_loss, shard_grads in results[1:]:
+        loss += shard_loss
+        for name, grad in shard_grads.items():
+            grads[name] += grad
     return loss, grads

@@ -20,7 +20,7 @@ import numpy as np
 
 from shared.optim import AdamWConfig, AdamWState, applies_weight_decay, clip_coefficient, global_norm
 from numpy_impl.layers import Grads
-from numpy_impl.model import GPTModel, loss_and_grads
+from numpy_impl.model import GPTModel, sharded_loss_and_grads
 
 
 def init_state(params: dict[str, np.ndarray]) -> AdamWState:
@@ -88,7 +88,7 @@ def train_step(
     Returns (new params, new state, loss), where loss is the mean cross-entropy before the
     update. rng drives dropout; None trains without it. model itself is not changed.
     """
-    loss, grads = loss_and_grads(model, tokens, targets, rng)
+    loss, grads = sharded_loss_and_grads(model, tokens, targets, rng)
     grads, _ = clip_gradients(grads, adamw.max_grad_norm)
     new_params, new_state = adamw_update(model.params, grads, state, adamw, lr)
     return new_params, new_state, loss

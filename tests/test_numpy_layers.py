@@ -132,12 +132,15 @@ def test_attention_backward_finite_differences(num_heads, length):
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_attention_head_groups_finite_differences(monkeypatch, dropout):
+def test_attention_blocks_finite_differences(monkeypatch, dropout):
     # Groups of two (T, T) score blocks: the B * nh = 6 pairs run as three groups of 2.
-    monkeypatch.setattr(layers, "_ATTENTION_BLOCK_ELEMENTS", 2 * 4 * 4 + 1)
-    assert [(g.start, g.stop) for g in layers._head_groups(6, 4)] == [(0, 2), (2, 4), (4, 6)]
+    monkeypatch.setattr(layers, "_ATTENTION_BLOCK_ELEMENTS", 2 * 5 * 5 + 1)
+    assert [(g.start, g.stop) for g in layers._head_groups(6, 5)] == [(0, 2), (2, 4), (4, 6)]
+    # Query blocks of two: queries 0-1 see keys 0-1, queries 2-3 keys 0-3, query 4 keys 0-4.
+    monkeypatch.setattr(layers, "_QUERY_BLOCK", 2)
+    assert [(b.start, b.stop) for b in layers._query_blocks(5)] == [(0, 2), (2, 4), (4, 5)]
     mask = layers.causal_mask(8, np.float64)
-    arrays = {"qkv": normal(2, 4, 18)}
+    arrays = {"qkv": normal(2, 5, 18)}
 
     def forward(qkv):
         rng = np.random.default_rng(7) if dropout else None
@@ -149,16 +152,19 @@ def test_attention_head_groups_finite_differences(monkeypatch, dropout):
     check_gradients(forward, backward, arrays)
 
 
-def test_attention_head_groups_do_not_change_result(monkeypatch):
+@pytest.mark.parametrize("query_block", [1, 2, 3, 5])
+def test_attention_blocks_do_not_change_result(monkeypatch, query_block):
     qkv = normal(2, 5, 18)
     mask = layers.causal_mask(8, np.float64)
-    whole, cache = layers.attention_forward(qkv, 3, mask, 0.0, None)
+    whole, cache = layers.attention_forward(qkv, 3, mask, 0.0, None)  # one group, one query block
     upstream = normal(2, 3, 5, 2, seed=4)
     whole_grad = layers.attention_backward(upstream, cache)
     monkeypatch.setattr(layers, "_ATTENTION_BLOCK_ELEMENTS", 4 * 5 * 5)  # groups of 4 and 2 pairs
-    grouped, cache = layers.attention_forward(qkv, 3, mask, 0.0, None)
-    np.testing.assert_allclose(grouped, whole, rtol=1e-14, atol=1e-15)
-    np.testing.assert_allclose(layers.attention_backward(upstream, cache), whole_grad, rtol=1e-14, atol=1e-15)
+    monkeypatch.setattr(layers, "_QUERY_BLOCK", query_block)
+    blocked, cache = layers.attention_forward(qkv, 3, mask, 0.0, None)
+    # float64 rounding only: the blocks sum the same terms, fewer of them exact zeros.
+    np.testing.assert_allclose(blocked, whole, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(layers.attention_backward(upstream, cache), whole_grad, rtol=1e-14, atol=1e-14)
 
 
 def test_attention_dropout_backward_finite_differences():
@@ -247,14 +253,22 @@ def test_layernorm_uses_biased_variance_and_eps():
     np.testing.assert_allclose(y, expected, rtol=1e-14, atol=1e-14)
 
 
-def test_attention_masks_future_keys():
+@pytest.mark.parametrize("query_block", [2, 64])
+def test_attention_masks_future_keys(monkeypatch, query_block):
+    monkeypatch.setattr(layers, "_QUERY_BLOCK", query_block)
     mask = layers.causal_mask(6, np.float64)
     _, cache = layers.attention_forward(normal(2, 6, 12, scale=5.0), 2, mask, 0.0, None)
-    probs = cache[3]  # (B, nh, T, T), keys by queries
-    assert np.all(np.isfinite(probs))
+    blocks, block_probs = cache[3], cache[4]
+    probs = np.full((4, 6, 6), np.nan)  # (B*nh, T, T), keys by queries; NaN where no block wrote
+    for block, values in zip(blocks, block_probs):
+        probs[:, : block.stop, block] = values
     keys, queries = np.tril_indices(6, k=-1)  # every key after its query
-    assert np.all(probs[..., keys, queries] == 0)
-    np.testing.assert_allclose(probs.sum(axis=-2), 1.0, rtol=1e-14, atol=0)
+    hidden = np.zeros((6, 6), dtype=bool)
+    hidden[keys, queries] = True
+    assert np.all(np.isfinite(probs[:, ~hidden]))
+    # A block stores the keys after its queries only inside its diagonal square, as zeros.
+    assert np.all(np.nan_to_num(probs[:, hidden], nan=0.0) == 0)
+    np.testing.assert_allclose(np.nansum(probs, axis=-2), 1.0, rtol=1e-14, atol=0)
 
 
 def test_attention_ignores_future_positions():

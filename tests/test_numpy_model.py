@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from numpy_impl import backend
+from numpy_impl import layers as numpy_layers
 from numpy_impl import model as numpy_model
 from numpy_impl.layers import causal_mask, linear_backward, linear_forward
 from numpy_impl.model import GPTModel, loss_and_grads, model_forward, model_logits
@@ -211,6 +212,23 @@ def test_float32_matches_torch(torch_backend, config_name):
     assert_close(loss, expected_loss, "loss", "float32")
     for name in expected_grads:
         assert_close(grads[name], expected_grads[name], f"grad {name}", "float32-grad")
+
+
+def test_query_blocks_match_torch(torch_backend, monkeypatch):
+    # Blocks of 3 queries over the full context of 8: three blocks, the last one short.
+    monkeypatch.setattr(numpy_layers, "_QUERY_BLOCK", 3)
+    config, length = CONFIGS["full-context"]
+    params = random_parameters(config)
+    tokens, targets = batch(config, length)
+    ours = backend.load(params, config, dtype="float64")
+    reference = torch_backend.load(params, config, dtype="float64")
+
+    assert_close(backend.forward(ours, tokens), torch_backend.forward(reference, tokens), "logits", "float64")
+    loss, grads = backend.loss_and_grads(ours, tokens, targets)
+    expected_loss, expected_grads = torch_backend.loss_and_grads(reference, tokens, targets)
+    assert_close(loss, expected_loss, "loss", "float64")
+    for name in expected_grads:
+        assert_close(grads[name], expected_grads[name], f"grad {name}", "float64")
 
 
 def test_activations_match_torch(torch_backend):
