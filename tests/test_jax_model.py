@@ -20,8 +20,9 @@ from shared.config import GPTConfig
 from shared.weights import CheckpointError, init_parameters, parameter_shapes
 from tests.tolerances import assert_close
 
-from jax_impl.convert import flax_path, canonical_name
-from jax_impl.model import GPT, LayerNorm
+from jax_impl import model as jax_model
+from jax_impl.convert import dtype_scope, flax_path, canonical_name
+from jax_impl.model import GPT, LayerNorm, layer_norm, masked_softmax
 
 jax_backend = get_backend("jax")
 torch_backend = get_backend("torch")
@@ -241,3 +242,69 @@ def test_stack_input_gradient_norm_matches_torch():
     assert_close(jax_norm, torch_norm, "stack input gradient norm", "float64")
     with pytest.raises(ValueError, match="x must have shape"):
         jax_backend.stack_input_gradient_norm(jax_backend.load(params, config, dtype="float64"), x[..., :4], r)
+
+
+# Written-out backward passes against JAX's own autodiff of the same formulas, in float64.
+
+
+def reference_layer_norm(x, scale, shift, eps):
+    centred = x - jnp.mean(x, axis=-1, keepdims=True)
+    variance = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+    return centred / jnp.sqrt(variance + eps) * scale + shift
+
+
+def test_layer_norm_backward_matches_autodiff():
+    rng = np.random.default_rng(0)
+    with dtype_scope("float64"):
+        x = jnp.asarray(rng.normal(size=(2, 5, 6)) * 3.0 + 1.0)
+        scale = jnp.asarray(1.0 + rng.normal(size=(1, 1, 6)) * 0.1)
+        shift = jnp.asarray(rng.normal(size=(1, 1, 6)) * 0.1)
+        upstream = jnp.asarray(rng.normal(size=(2, 5, 6)))  # random, so LayerNorm's input gradient is not zero
+
+        def contract(function):
+            return lambda *arrays: jnp.sum(function(*arrays, 1e-5) * upstream)
+
+        ours = jax.grad(contract(layer_norm), argnums=(0, 1, 2))(x, scale, shift)
+        expected = jax.grad(contract(reference_layer_norm), argnums=(0, 1, 2))(x, scale, shift)
+        assert_close(layer_norm(x, scale, shift, 1e-5), reference_layer_norm(x, scale, shift, 1e-5), "layer_norm", "float64")
+    for name, actual, reference in zip(("dx", "dscale", "dshift"), ours, expected):
+        assert actual.shape == reference.shape
+        assert_close(actual, reference, f"layer_norm {name}", "float64")
+
+
+def test_masked_softmax_backward_matches_autodiff():
+    rng = np.random.default_rng(1)
+    allowed = jnp.asarray(np.tril(np.ones((4, 6), dtype=bool), k=2))[None, None]  # (1, 1, 4, 6), every row has a True
+    with dtype_scope("float64"):
+        scores = jnp.asarray(rng.normal(size=(2, 3, 4, 6)) * 4.0)
+        upstream = jnp.asarray(rng.normal(size=(2, 3, 4, 6)))
+
+        def reference(scores):
+            return jax.nn.softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
+
+        probs = masked_softmax(scores, allowed)
+        ours = jax.grad(lambda s: jnp.sum(masked_softmax(s, allowed) * upstream))(scores)
+        expected = jax.grad(lambda s: jnp.sum(reference(s) * upstream))(scores)
+        assert_close(probs, reference(scores), "masked_softmax", "float64")
+    assert np.all(np.asarray(probs)[..., ~np.asarray(allowed[0, 0])] == 0)
+    assert np.all(np.isfinite(np.asarray(ours)))
+    assert_close(ours, expected, "masked_softmax gradient", "float64")
+
+
+@pytest.mark.parametrize("query_block", [1, 3, 8])
+def test_query_blocks_match_torch(monkeypatch, query_block):
+    # A model shape of its own for each block size, because a compiled function traced with
+    # another block size would otherwise be reused.
+    config = BASE.replace(vocab_size=29 + query_block, d_model=12, num_heads=3)
+    monkeypatch.setattr(jax_model, "QUERY_BLOCK", query_block)
+    params = init_parameters(config, seed=2, dtype=np.float64)
+    tokens, targets = batch(config, config.context_length)
+    ours = jax_backend.load(params, config, dtype="float64")
+    reference = torch_backend.load(params, config, dtype="float64")
+
+    assert_close(jax_backend.forward(ours, tokens), torch_backend.forward(reference, tokens), "logits", "float64")
+    loss, grads = jax_backend.loss_and_grads(ours, tokens, targets)
+    expected_loss, expected_grads = torch_backend.loss_and_grads(reference, tokens, targets)
+    assert_close(loss, expected_loss, "loss", "float64")
+    for name, grad in expected_grads.items():
+        assert_close(grads[name], grad, f"grad {name}", "float64")
