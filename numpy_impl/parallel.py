@@ -27,8 +27,14 @@ from threadpoolctl import ThreadpoolController
 
 Result = TypeVar("Result")
 
-# The BLAS limit is process-wide, so one sharded call runs at a time.
+# One sharded call runs at a time, because the BLAS limit is process-wide.
 _lock = threading.Lock()
+# Guards the BLAS limit together with _threads_outside_limit, the thread count that BLAS had
+# before run_parallel limited it. While a sharded call runs, another thread that requests
+# the shard count gets that count, not the temporary 1, so its shards and its dropout
+# streams do not depend on the timing of the other call.
+_limit_lock = threading.Lock()
+_threads_outside_limit: int | None = None
 _controller: ThreadpoolController | None = None
 _executor: ThreadPoolExecutor | None = None
 _executor_workers = 0
@@ -42,10 +48,16 @@ def _blas():
     return _controller.select(user_api="blas")
 
 
+def _library_threads() -> int:
+    return max((library.num_threads for library in _blas().lib_controllers), default=1)
+
+
 def blas_threads() -> int:
-    """Return the number of threads BLAS would use now: 1 when threadpoolctl finds no BLAS library."""
-    libraries = _blas().lib_controllers
-    return max((library.num_threads for library in libraries), default=1)
+    """Return the BLAS thread count outside run_parallel's own limit: 1 when threadpoolctl finds no BLAS library."""
+    with _limit_lock:
+        if _threads_outside_limit is not None:
+            return _threads_outside_limit
+        return _library_threads()
 
 
 def shard_slices(batch_size: int, shards: int) -> list[slice]:
@@ -67,7 +79,7 @@ def run_parallel(calls: Sequence[Callable[[], Result]]) -> list[Result]:
 
     A single call runs on the calling thread with BLAS left as it is.
     """
-    global _executor, _executor_workers
+    global _executor, _executor_workers, _threads_outside_limit
     if len(calls) == 1:
         return [calls[0]()]
     with _lock:
@@ -76,10 +88,17 @@ def run_parallel(calls: Sequence[Callable[[], Result]]) -> list[Result]:
                 _executor.shutdown()
             _executor = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="trigpt-numpy")
             _executor_workers = len(calls)
-        with _blas().limit(limits=1):
+        with _limit_lock:
+            _threads_outside_limit = _library_threads()
+            limiter = _blas().limit(limits=1)
+        try:
             futures = [_executor.submit(call) for call in calls]
             wait(futures)  # every worker finishes before the BLAS limit is lifted, even when one raised
             return [future.result() for future in futures]
+        finally:
+            with _limit_lock:
+                limiter.restore_original_limits()
+                _threads_outside_limit = None
 
 
 def concatenate_shards(parts: Sequence[np.ndarray]) -> np.ndarray:

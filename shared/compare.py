@@ -203,7 +203,7 @@ def parse_perturbation(text: str | None, backends: list[str], config: GPTConfig)
 def run_compare(args: argparse.Namespace) -> int:
     params, config = load_checkpoint(args.checkpoint)
     backends = parse_backends(args.backends)
-    seq_len = args.seq_len or min(config.context_length, 32)
+    seq_len = min(config.context_length, 32) if args.seq_len is None else args.seq_len
     if not 1 <= seq_len <= config.context_length:
         raise UserError(f"--seq-len {seq_len} must be between 1 and the context length {config.context_length}")
     if args.batch_size < 1:

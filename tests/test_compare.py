@@ -53,6 +53,7 @@ def test_perturbed_backend_exits_one_and_names_point(checkpoint, tmp_path, capsy
         (["--backends", "torch"], "at least two different backends"),
         (["--backends", "torch,mxnet"], "unknown backend(s) mxnet"),
         (["--seq-len", "9"], "--seq-len 9 must be between 1 and the context length 8"),
+        (["--seq-len", "0"], "--seq-len 0 must be between 1 and the context length 8"),
         (["--perturb", "numpy:nope:1"], "tensor 'nope'"),
     ],
 )

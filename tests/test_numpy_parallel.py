@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from numpy_impl import backend, parallel
 from numpy_impl.model import GPTModel, loss_and_grads, model_logits, sharded_logits, sharded_loss_and_grads
@@ -20,6 +20,11 @@ from shared.weights import init_parameters
 from tests.tolerances import assert_close
 
 CONFIG = GPTConfig(vocab_size=13, context_length=8, d_model=16, num_heads=2, num_layers=2, dropout=0.0)
+
+
+def library_threads() -> int:
+    """Return the BLAS thread count in force now, as threadpoolctl reads it from the library."""
+    return max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
 
 
 def make_model(config: GPTConfig = CONFIG, dtype=np.float64) -> GPTModel:
@@ -61,15 +66,37 @@ def test_shard_count_follows_blas_threads(threads):
 def test_run_parallel_uses_worker_threads():
     with threadpool_limits(2, user_api="blas"):
         names = parallel.run_parallel([lambda: threading.current_thread().name] * 2)
-        threads_inside = parallel.run_parallel([parallel.blas_threads] * 2)
-        assert parallel.blas_threads() == 2  # the limit is lifted afterwards
+        threads_inside = parallel.run_parallel([library_threads] * 2)
+        assert library_threads() == 2  # the limit is lifted afterwards
     assert all(name.startswith("trigpt-numpy") for name in names)
     assert threads_inside == [1, 1]
 
 
+def test_shard_count_ignores_other_calls_limit():
+    started, release = threading.Event(), threading.Event()
+
+    def blocker():
+        started.set()
+        release.wait(timeout=30)
+
+    with threadpool_limits(2, user_api="blas"):
+        other = threading.Thread(target=parallel.run_parallel, args=([blocker, blocker],))
+        other.start()
+        try:
+            assert started.wait(timeout=30)
+            assert library_threads() == 1  # the other call's limit is in force
+            # This thread still gets the count that BLAS has outside that limit.
+            assert parallel.blas_threads() == 2
+            assert len(parallel.batch_shards(5)) == 2
+        finally:
+            release.set()
+            other.join(timeout=30)
+        assert library_threads() == 2
+
+
 def test_run_parallel_single_call_stays_on_caller():
     with threadpool_limits(2, user_api="blas"):
-        [(name, threads)] = parallel.run_parallel([lambda: (threading.current_thread().name, parallel.blas_threads())])
+        [(name, threads)] = parallel.run_parallel([lambda: (threading.current_thread().name, library_threads())])
     assert name == threading.current_thread().name
     assert threads == 2
 
@@ -80,7 +107,8 @@ def test_run_parallel_error_restores_blas_threads():
 
     with threadpool_limits(2, user_api="blas"):
         with pytest.raises(RuntimeError, match="shard failed"):
-            parallel.run_parallel([fail, parallel.blas_threads])
+            parallel.run_parallel([fail, library_threads])
+        assert library_threads() == 2
         assert parallel.blas_threads() == 2
 
 
