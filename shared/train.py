@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import signal
 import sys
 import threading
@@ -544,7 +545,18 @@ def settings_from_args(args: argparse.Namespace, recorded: dict[str, Any] | None
             values[name] = value
     if getattr(args, "max_grad_norm", None) == 0:
         values["max_grad_norm"] = None
-    return TrainSettings.from_dict(values)
+    try:
+        return TrainSettings.from_dict(values)
+    except ValueError as error:
+        raise UserError(_name_option(str(error))) from None
+
+
+def _name_option(message: str) -> str:
+    """Replace the field that a TrainSettings or AdamWConfig error starts with by its option, e.g. AdamWConfig.lr by --lr."""
+    match = re.match(r"(?:AdamWConfig\.)?(\w+)(.*)", message, re.DOTALL)
+    if match is None or match.group(1) not in _SETTING_OPTIONS:
+        return message
+    return "--" + match.group(1).replace("_", "-") + match.group(2)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -522,6 +522,25 @@ def test_cli_bad_text_is_one_line(tmp_path, capsys, kind, message):
     assert not (tmp_path / "run" / "last.safetensors").exists()
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--lr", "-1", "--lr must be > 0, got -1.0"),
+        ("--beta1", "1.5", "--beta1 must satisfy 0 <= beta1 < 1, got 1.5"),
+        ("--weight-decay", "-0.1", "--weight-decay must be >= 0, got -0.1"),
+        ("--warmup-steps", "-3", "--warmup-steps must be a non-negative integer, got -3"),
+        ("--min-lr-ratio", "2", "--min-lr-ratio must satisfy 0 <= ratio <= 1, got 2.0"),
+        ("--batch-size", "0", "--batch-size must be a positive integer, got 0"),
+    ],
+)
+def test_cli_bad_setting_names_option(tmp_path, capsys, option, value, message):
+    arguments = ["train", "--out", str(tmp_path / "run"), *CLI_MODEL, *CLI_SETTINGS, option, value]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"trigpt train: error: {message}"
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_ctrl_c_saves_and_exits_130(tmp_path, capsys, monkeypatch):
     get_batch = shared.train.get_batch
 
