@@ -7,6 +7,8 @@ fixture), so an implicit cast or a silent broadcast in the model fails loudly.
 
 from __future__ import annotations
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +56,42 @@ def test_sampler_matches_shared_sampler(temperature, top_k):
             jnp.asarray(logits), jnp.asarray(uniforms), jnp.asarray(temperature, jnp.float64), jnp.int32(k)
         )
     assert np.array_equal(np.asarray(picked), expected)
+
+
+def test_sampler_float32_logits_near_tie():
+    # Seed 1019 draws a near-tie of the inverse CDF over GPT-2's vocabulary: float32 arithmetic
+    # picks token 2396, and the float64 of shared.sampling picks 2395.
+    rng = np.random.default_rng(1019)
+    logits = (rng.standard_normal(50257) * 2).astype(np.float32)[None, :]  # (1, V)
+    uniforms = np.array([rng.random()])
+    expected = sample_next(logits, uniforms, 1.0, None)
+    with jax.enable_x64(True):
+        picked = sample_from_logits(jnp.asarray(logits), jnp.asarray(uniforms), jnp.float64(1.0), jnp.int32(50257))
+    float32_picked = sample_from_logits(
+        jnp.asarray(logits), jnp.asarray(uniforms, jnp.float32), jnp.float32(1.0), jnp.int32(50257)
+    )
+    assert int(expected[0]) == 2395
+    assert int(picked[0]) == 2395
+    assert int(float32_picked[0]) == 2396  # so the case does separate the two precisions
+
+
+def test_float32_generate_samples_in_float64(monkeypatch):
+    # jax_impl exports a function named generate, so the module comes from importlib.
+    generate_module = importlib.import_module("jax_impl.generate")
+    seen = []
+    sampler = generate_module.sample_from_logits
+
+    def recording_sampler(logits, uniforms, temperature, top_k):
+        seen.append((logits.dtype, uniforms.dtype, temperature.dtype))
+        return sampler(logits, uniforms, temperature, top_k)
+
+    monkeypatch.setattr(generate_module, "sample_from_logits", recording_sampler)
+    # A config of its own, so the steps are traced here with the recording sampler.
+    config = BASE.replace(vocab_size=59)
+    model = load(config, dtype="float32")
+    jax_backend.generate(model, prompt(3, vocab=59), 4, seed=0)
+    assert seen, "the compiled steps were not traced"
+    assert set(seen) == {(jnp.dtype(jnp.float32), jnp.dtype(jnp.float64), jnp.dtype(jnp.float64))}
 
 
 def test_sampler_keeps_ties_with_kth_largest():
