@@ -217,18 +217,7 @@ def test_float32_matches_torch(torch_backend, config_name):
 def test_query_blocks_match_torch(torch_backend, monkeypatch):
     # Blocks of 3 queries over the full context of 8: three blocks, the last one short.
     monkeypatch.setattr(numpy_layers, "_QUERY_BLOCK", 3)
-    config, length = CONFIGS["full-context"]
-    params = random_parameters(config)
-    tokens, targets = batch(config, length)
-    ours = backend.load(params, config, dtype="float64")
-    reference = torch_backend.load(params, config, dtype="float64")
-
-    assert_close(backend.forward(ours, tokens), torch_backend.forward(reference, tokens), "logits", "float64")
-    loss, grads = backend.loss_and_grads(ours, tokens, targets)
-    expected_loss, expected_grads = torch_backend.loss_and_grads(reference, tokens, targets)
-    assert_close(loss, expected_loss, "loss", "float64")
-    for name in expected_grads:
-        assert_close(grads[name], expected_grads[name], f"grad {name}", "float64")
+    test_float64_matches_torch(torch_backend, "full-context")
 
 
 def test_activations_match_torch(torch_backend):
