@@ -164,7 +164,7 @@ def test_attention_blocks_do_not_change_result(monkeypatch, query_block):
     blocked, cache = layers.attention_forward(qkv, 3, mask, 0.0, None)
     # float64 rounding only: the blocks sum the same terms, fewer of them exact zeros.
     np.testing.assert_allclose(blocked, whole, rtol=1e-14, atol=1e-15)
-    np.testing.assert_allclose(layers.attention_backward(upstream, cache), whole_grad, rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(layers.attention_backward(upstream, cache), whole_grad, rtol=1e-14, atol=1e-15)
 
 
 def test_attention_dropout_backward_finite_differences():
