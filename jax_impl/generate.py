@@ -141,7 +141,7 @@ def generate(
         window[:, :length] = sequence[:, -length:]
         return window
 
-    # 64-bit mode for the float64 sampler; a float32 model's arrays keep their dtype.
+    # 64-bit mode is on for the float64 sampler, and a float32 model's arrays keep their dtype.
     with dtype_scope(np.float64):
         graphdef, params = nnx.split(model)
         prefill_and_sample, decode_and_sample = _compiled_steps(graphdef)

@@ -60,7 +60,7 @@ def test_sampler_matches_shared_sampler(temperature, top_k):
 
 def test_sampler_float32_logits_near_tie():
     # Seed 1019 draws a near-tie of the inverse CDF over GPT-2's vocabulary: float32 arithmetic
-    # picks token 2396, and the float64 of shared.sampling picks 2395.
+    # picks token 2396, and the float64 arithmetic of shared.sampling picks 2395.
     rng = np.random.default_rng(1019)
     logits = (rng.standard_normal(50257) * 2).astype(np.float32)[None, :]  # (1, V)
     uniforms = np.array([rng.random()])
